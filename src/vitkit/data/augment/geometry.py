@@ -1,0 +1,117 @@
+"""Crops, flips and resizes for whole batches: every image gets its own parameters, one resampling call per batch.
+
+Geometry is written as pixel-space inverse maps, 3x3 matrices taking an output pixel coordinate to the input
+coordinate it reads from. Pixel (row i, column j) has its centre at (x, y) = (j + 0.5, i + 0.5).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .convert import to_dtype, to_unit_float
+
+CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries this often before falling back to a centre crop
+
+
+def _pixel_to_grid(height: int, width: int) -> Tensor:
+    # affine_grid's [-1, 1] coordinates span the outer pixel edges when align_corners=False
+    return torch.tensor([[2 / width, 0, -1], [0, 2 / height, -1], [0, 0, 1]])
+
+
+def warp(x: Tensor, inverse_maps: Tensor, size: tuple[int, int], padding_mode: str = "zeros") -> Tensor:
+    """Bilinear resample of float images (B, C, H, W) through per-image pixel-space inverse maps (B, 3, 3)."""
+    out_h, out_w = size
+    theta = _pixel_to_grid(*x.shape[-2:]) @ inverse_maps @ torch.linalg.inv(_pixel_to_grid(out_h, out_w))
+    grid = F.affine_grid(theta[:, :2].to(x.dtype), [len(x), x.shape[1], out_h, out_w], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+
+
+def sample_crop_boxes(
+    batch: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator,
+) -> Tensor:
+    """(top, left, h, w) per image, float (B, 4), drawn by torchvision's RandomResizedCrop rule.
+
+    All attempts are drawn at once and the first that fits is kept, which is the same distribution as
+    torchvision's loop; images where none fits get its centre-crop fallback.
+    """
+    shape = (batch, CROP_ATTEMPTS)
+    target_area = height * width * torch.empty(shape).uniform_(*scale, generator=generator)
+    log_ratio = torch.empty(shape).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    aspect = torch.exp(log_ratio)
+    w = torch.sqrt(target_area * aspect).round()
+    h = torch.sqrt(target_area / aspect).round()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first_fit = fits.float().argmax(dim=1, keepdim=True)
+    h, w, found = h.gather(1, first_fit)[:, 0], w.gather(1, first_fit)[:, 0], fits.any(dim=1)
+
+    fallback_h, fallback_w = _centre_fallback_size(height, width, ratio)
+    h = torch.where(found, h, fallback_h)
+    w = torch.where(found, w, fallback_w)
+    top = (torch.rand(batch, generator=generator) * (height - h + 1)).floor()
+    left = (torch.rand(batch, generator=generator) * (width - w + 1)).floor()
+    top = torch.where(found, top, (height - h) // 2)
+    left = torch.where(found, left, (width - w) // 2)
+    return torch.stack([top, left, h, w], dim=1)
+
+
+def _centre_fallback_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[float, float]:
+    aspect = width / height
+    if aspect < min(ratio):
+        return float(round(width / min(ratio))), float(width)
+    if aspect > max(ratio):
+        return float(height), float(round(height * max(ratio)))
+    return float(height), float(width)
+
+
+def random_resized_crop(
+    x: Tensor,
+    size: int,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    *,
+    generator: torch.Generator,
+) -> Tensor:
+    """Crop a random box per image (torchvision's sampling rule) and resize it to (size, size), bilinear."""
+    dtype, x = x.dtype, to_unit_float(x)
+    boxes = sample_crop_boxes(len(x), *x.shape[-2:], scale, ratio, generator)
+    top, left, h, w = boxes.unbind(dim=1)
+    inverse_maps = torch.zeros(len(x), 3, 3)
+    inverse_maps[:, 0, 0], inverse_maps[:, 0, 2] = w / size, left
+    inverse_maps[:, 1, 1], inverse_maps[:, 1, 2] = h / size, top
+    inverse_maps[:, 2, 2] = 1
+    # border padding clamps reads in the crop's outer half pixel, as F.interpolate does, instead of fading to 0
+    return to_dtype(warp(x, inverse_maps, (size, size), padding_mode="border"), dtype)
+
+
+def random_hflip(x: Tensor, p: float = 0.5, *, generator: torch.Generator) -> Tensor:
+    flip = torch.rand(len(x), generator=generator) < p
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def resize(x: Tensor, size: int) -> Tensor:
+    """Resize so the shorter side is `size` (longer side rounded down, as torchvision), bicubic with antialias."""
+    height, width = x.shape[-2:]
+    if min(height, width) == size:
+        return x
+    if height <= width:
+        out_size = (size, int(size * width / height))
+    else:
+        out_size = (int(size * height / width), size)
+    dtype, x = x.dtype, to_unit_float(x)
+    resized = F.interpolate(x, out_size, mode="bicubic", align_corners=False, antialias=True)
+    return to_dtype(resized, dtype)
+
+
+def center_crop(x: Tensor, size: int) -> Tensor:
+    height, width = x.shape[-2:]
+    if size > height or size > width:
+        raise ValueError(f"center_crop to {size} needs images at least that large, got {height}x{width}")
+    top, left = int(round((height - size) / 2)), int(round((width - size) / 2))
+    return x[..., top : top + size, left : left + size]

@@ -1,0 +1,91 @@
+"""Pieces every dataset shares: its description, the in-memory container, split names and statistics."""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+SPLITS = ("train", "test")
+SPLIT_ALIASES = {"val": "test"}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    in_chans: int  # 1 or 3
+    img_size: int  # side of the square images the dataset yields
+    mean: tuple[float, ...]  # per channel, in [0, 1] pixel units, measured on the train split
+    std: tuple[float, ...]
+
+    def __post_init__(self):
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"{self.name}: num_classes={self.num_classes} but {len(self.class_names)} names")
+        if self.in_chans not in (1, 3) or len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
+            raise ValueError(
+                f"{self.name}: in_chans={self.in_chans} needs that many mean/std values, "
+                f"got mean={self.mean} std={self.std}"
+            )
+
+
+class InMemoryImageDataset(Dataset):
+    """A whole split in one uint8 tensor, so a trainer can index and augment batches without a DataLoader."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, info: DatasetInfo):
+        expected = (info.in_chans, info.img_size, info.img_size)
+        if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(f"{info.name}: expected uint8 images of shape (N, {expected}), got "
+                             f"{images.dtype} {tuple(images.shape)}")
+        if len(targets) != len(images):
+            raise ValueError(f"{info.name}: {len(images)} images but {len(targets)} labels")
+        self.images = images
+        self.targets = targets.to(torch.int64)
+        self.info = info
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index], int(self.targets[index])
+
+
+def canonical_split(split: str) -> str:
+    split = SPLIT_ALIASES.get(split, split)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: use 'train' or 'test' ('val' is an alias of 'test')")
+    return split
+
+
+def channel_stats(batches: Iterable[torch.Tensor]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] units over uint8 images given as (C, H, W) or (N, C, H, W) chunks.
+
+    Chunked so that large splits never need a float copy of the whole split in memory.
+    """
+    total = total_sq = None
+    count = 0
+    for batch in batches:
+        pixels = batch.movedim(-3, 0).reshape(batch.shape[-3], -1).double().div_(255)
+        sums, sums_sq = pixels.sum(1), pixels.square().sum(1)
+        total = sums if total is None else total + sums
+        total_sq = sums_sq if total_sq is None else total_sq + sums_sq
+        count += pixels.shape[1]
+    if total is None:
+        raise ValueError("cannot compute mean/std of zero images")
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp_min(0).sqrt()
+    return tuple(round(m, 4) for m in mean.tolist()), tuple(round(s, 4) for s in std.tolist())
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted train and test indices with each class split in the same proportion."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        num_test = round(len(members) * test_fraction)
+        test.append(members[:num_test])
+        train.append(members[num_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))

@@ -1,0 +1,137 @@
+"""Train and eval pipelines for ViTs (the DeiT recipe) on (B, C, H, W) uint8 batches, driven by AugmentConfig.
+
+Train: random resized crop -> horizontal flip -> RandAugment / TrivialAugment -> normalize -> random erasing
+-> Mixup / CutMix with label smoothing. Eval (timm): resize the shorter side to img_size / crop_pct, bicubic
+-> centre crop -> normalize. The batched building blocks live in vitkit.data.augment and are re-exported here.
+"""
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .augment import (
+    apply_op,
+    center_crop,
+    mixup_cutmix,
+    normalize,
+    one_hot_smooth,
+    parse_auto_augment,
+    rand_augment,
+    random_erasing,
+    random_hflip,
+    random_resized_crop,
+    resize,
+    to_unit_float,
+    trivial_augment,
+)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class AugmentConfig:
+    img_size: int
+    scale: tuple[float, float] = (0.08, 1.0)  # small images (28x28) keep more of the object with e.g. (0.35, 1)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    auto_augment: str | None = "rand-m9-n2"  # "rand-m{M}-n{N}", "trivial" or None
+    re_prob: float = 0.25
+    mixup: float = 0.8  # Beta alpha; 0 turns Mixup off
+    cutmix: float = 1.0  # Beta alpha; 0 turns CutMix off
+    mix_prob: float = 1.0
+    switch_prob: float = 0.5
+    label_smoothing: float = 0.1
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    crop_pct: float = 0.875  # eval resizes to img_size / crop_pct before the centre crop
+
+    def __post_init__(self):
+        # recipes come from YAML, where tuples arrive as lists
+        self.scale, self.ratio = tuple(self.scale), tuple(self.ratio)
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
+        problems = _config_problems(self)
+        if problems:
+            raise ValueError("invalid AugmentConfig: " + "; ".join(problems))
+        parse_auto_augment(self.auto_augment)
+
+
+def _config_problems(cfg: AugmentConfig) -> list[str]:
+    problems = []
+    if not isinstance(cfg.img_size, int) or cfg.img_size < 1:
+        problems.append(f"img_size must be a positive int, got {cfg.img_size!r}")
+    for name in ("scale", "ratio"):
+        low_high = getattr(cfg, name)
+        if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
+            problems.append(f"{name} must be (min, max) with 0 < min <= max, got {low_high}")
+    for name in ("hflip", "re_prob", "mix_prob", "switch_prob"):
+        if not 0 <= getattr(cfg, name) <= 1:
+            problems.append(f"{name} is a probability and must be in [0, 1], got {getattr(cfg, name)}")
+    for name in ("mixup", "cutmix"):
+        if getattr(cfg, name) < 0:
+            problems.append(f"{name} is a Beta alpha and must be >= 0 (0 turns it off), got {getattr(cfg, name)}")
+    if not 0 <= cfg.label_smoothing < 1:
+        problems.append(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if len(cfg.mean) not in (1, 3) or len(cfg.std) != len(cfg.mean):
+        problems.append(f"mean and std need one value per channel (1 or 3), got mean={cfg.mean} std={cfg.std}")
+    if any(s <= 0 for s in cfg.std):
+        problems.append(f"std values must be > 0, got {cfg.std}")
+    if not 0 < cfg.crop_pct <= 1:
+        problems.append(f"crop_pct must be in (0, 1], got {cfg.crop_pct}")
+    return problems
+
+
+class TrainAugment:
+    """(uint8 images (B, C, H, W), class indices (B,), generator) -> (normalized float32 images at img_size,
+    soft targets (B, num_classes)). All randomness comes from the generator, so saving its state saves the
+    augmentation stream."""
+
+    def __init__(self, cfg: AugmentConfig, num_classes: int):
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.cfg, self.num_classes = cfg, num_classes
+        self.auto_augment = parse_auto_augment(cfg.auto_augment)
+
+    def __call__(self, images: Tensor, targets: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        cfg = self.cfg
+        x = random_resized_crop(to_unit_float(images), cfg.img_size, cfg.scale, cfg.ratio, generator=generator)
+        x = random_hflip(x, cfg.hflip, generator=generator)
+        if self.auto_augment is not None:
+            x = self.auto_augment(x, generator=generator)
+        x = random_erasing(normalize(x, cfg.mean, cfg.std), cfg.re_prob, generator=generator)
+        return mixup_cutmix(
+            x, targets, self.num_classes, cfg.mixup, cfg.cutmix, cfg.mix_prob, cfg.switch_prob,
+            cfg.label_smoothing, generator=generator,
+        )
+
+
+def eval_transform(
+    x: Tensor,
+    size: int,
+    crop_pct: float = 0.875,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Tensor:
+    """timm's eval pipeline: shorter side to floor(size / crop_pct), bicubic -> centre crop size -> normalize."""
+    resized = resize(to_unit_float(x), math.floor(size / crop_pct))
+    return normalize(center_crop(resized, size), mean, std)
+
+
+class EvalTransform:
+    """uint8 images (B, C, H, W) -> normalized float32 images (B, C, img_size, img_size)."""
+
+    def __init__(self, cfg: AugmentConfig):
+        self.cfg = cfg
+
+    def __call__(self, images: Tensor) -> Tensor:
+        return eval_transform(images, self.cfg.img_size, self.cfg.crop_pct, self.cfg.mean, self.cfg.std)
+
+
+__all__ = [
+    "IMAGENET_MEAN", "IMAGENET_STD", "AugmentConfig", "EvalTransform", "TrainAugment", "apply_op", "center_crop",
+    "eval_transform", "mixup_cutmix", "normalize", "one_hot_smooth", "parse_auto_augment", "rand_augment",
+    "random_erasing", "random_hflip", "random_resized_crop", "resize", "trivial_augment",
+]

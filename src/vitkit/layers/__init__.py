@@ -1,0 +1,15 @@
+"""Building blocks shared by vitkit's models, one small module each."""
+
+from .attention import Attention
+from .block import Block
+from .drop_path import DropPath, drop_path
+from .layer_scale import LayerScale
+from .mlp import Mlp
+from .patch_embed import PatchEmbed
+from .pooling import POOL_TYPES, pool_tokens
+from .pos_embed import resample_abs_pos_embed
+
+__all__ = [
+    "Attention", "Block", "DropPath", "drop_path", "LayerScale", "Mlp", "PatchEmbed",
+    "POOL_TYPES", "pool_tokens", "resample_abs_pos_embed",
+]

@@ -1,0 +1,19 @@
+"""Model families and the registry that names them."""
+
+from . import vit_configs  # noqa: F401  (registers the named configs)
+from .registry import (
+    build_model,
+    config_from_dict,
+    config_to_dict,
+    create_model,
+    list_models,
+    make_config,
+    register_architecture,
+    register_model,
+)
+from .vit import VisionTransformer, ViTConfig
+
+__all__ = [
+    "build_model", "config_from_dict", "config_to_dict", "create_model", "list_models", "make_config",
+    "register_architecture", "register_model", "VisionTransformer", "ViTConfig",
+]

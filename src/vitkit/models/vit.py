@@ -1,0 +1,275 @@
+"""Vision Transformer (ViT) and DeiT, with timm's parameter names so timm weights load as they are.
+
+Token layout: [class token][distillation token][register tokens][patch tokens].
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..layers import POOL_TYPES, Block, PatchEmbed, pool_tokens, resample_abs_pos_embed
+
+ACT_LAYERS = {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU, "silu": nn.SiLU}
+
+
+@dataclass
+class ViTConfig:
+    """Constructor arguments, named and defaulted like timm's `VisionTransformer` (ViT-B/16)."""
+
+    img_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    global_pool: str = "token"
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    qk_norm: bool = False
+    init_values: float | None = None
+    class_token: bool = True
+    reg_tokens: int = 0
+    no_embed_class: bool = False
+    pre_norm: bool = False
+    final_norm: bool = True
+    fc_norm: bool | None = None
+    distilled: bool = False
+    act_layer: str = "gelu"
+    norm_eps: float = 1e-6
+    gem_p: float = 3.0
+    drop_rate: float = 0.0
+    pos_drop_rate: float = 0.0
+    proj_drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+
+    def __post_init__(self):
+        if self.global_pool not in POOL_TYPES:
+            raise ValueError(f"global_pool={self.global_pool!r} is not one of {POOL_TYPES}")
+        if self.global_pool == "token" and not self.class_token:
+            raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg' without one")
+        if self.distilled and not self.class_token:
+            raise ValueError("a distilled model (distillation token) needs class_token=True")
+        if self.act_layer not in ACT_LAYERS:
+            raise ValueError(f"act_layer={self.act_layer!r} is not one of {sorted(ACT_LAYERS)}")
+        for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.img_size % self.patch_size:
+            raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+
+
+class VisionTransformer(nn.Module):
+    architecture = "vit"
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        c = self.config = config
+        self.num_classes = c.num_classes
+        self.global_pool = c.global_pool
+        self.num_features = self.embed_dim = c.embed_dim
+        self.num_prefix_tokens = int(c.class_token) + int(c.distilled) + c.reg_tokens
+        self.no_embed_class = c.no_embed_class
+        self.distilled_training = False  # distilled models return (cls, dist) logits while this is set
+
+        self.patch_embed = PatchEmbed(c.img_size, c.patch_size, c.in_chans, c.embed_dim, bias=not c.pre_norm)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim)) if c.class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim)) if c.distilled else None
+        self.reg_token = nn.Parameter(torch.zeros(1, c.reg_tokens, c.embed_dim)) if c.reg_tokens else None
+        num_patches = self.patch_embed.num_patches
+        embed_len = num_patches if c.no_embed_class else num_patches + self.num_prefix_tokens
+        self.pos_embed = nn.Parameter(torch.zeros(1, embed_len, c.embed_dim))
+        self.pos_drop = nn.Dropout(c.pos_drop_rate)
+        self.norm_pre = self._norm() if c.pre_norm else nn.Identity()
+
+        drop_path_rates = [c.drop_path_rate * i / max(c.depth - 1, 1) for i in range(c.depth)]  # linear in depth
+        self.blocks = nn.Sequential(*[
+            Block(
+                c.embed_dim, c.num_heads, c.mlp_ratio, c.qkv_bias, c.qk_norm, c.init_values,
+                c.proj_drop_rate, c.attn_drop_rate, dpr, c.norm_eps, ACT_LAYERS[c.act_layer],
+            )
+            for dpr in drop_path_rates
+        ])
+        use_fc_norm = c.global_pool in ("avg", "max", "avgmax", "gem") if c.fc_norm is None else c.fc_norm
+        self.norm = self._norm() if c.final_norm and not use_fc_norm else nn.Identity()
+        self.fc_norm = self._norm() if c.final_norm and use_fc_norm else nn.Identity()
+        self.head_drop = nn.Dropout(c.drop_rate)
+        self.head = self._linear_head(c.num_classes)
+        self.head_dist = self._linear_head(c.num_classes) if c.distilled else None
+        self.init_weights()
+
+    def _norm(self) -> nn.LayerNorm:
+        return nn.LayerNorm(self.embed_dim, eps=self.config.norm_eps)
+
+    def _linear_head(self, num_classes: int) -> nn.Module:
+        return nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """timm's default ViT init: truncated normal(0.02) for linears and position embedding."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for token, std in ((self.cls_token, 1e-6), (self.reg_token, 1e-6), (self.dist_token, 0.02)):
+            if token is not None:
+                nn.init.normal_(token, std=std)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    # ----- embedding -------------------------------------------------------------------------
+    def prefix_tokens(self, batch_size: int) -> list[torch.Tensor]:
+        tokens = [self.cls_token, self.dist_token, self.reg_token]
+        return [t.expand(batch_size, -1, -1) for t in tokens if t is not None]
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        prefix = self.prefix_tokens(x.shape[0])
+        if self.no_embed_class:
+            x = torch.cat([*prefix, x + self.pos_embed], dim=1)
+        else:
+            x = torch.cat([*prefix, x], dim=1) + self.pos_embed
+        return self.pos_drop(x)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) to the token sequence the first block sees."""
+        return self.norm_pre(self._pos_embed(self.patch_embed(x)))
+
+    # ----- timm's model API ------------------------------------------------------------------
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
+        if self.head_dist is not None:
+            cls, dist = x[:, 0], x[:, 1]
+            if pre_logits:
+                return (cls + dist) / 2
+            cls, dist = self.head(cls), self.head_dist(dist)
+            if self.distilled_training and self.training:
+                return cls, dist
+            return (cls + dist) / 2
+        x = pool_tokens(x, self.global_pool, self.num_prefix_tokens, self.config.gem_p)
+        x = self.head_drop(self.fc_norm(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor):
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        stop_early: bool = False,
+    ):
+        """Outputs of chosen blocks, as timm returns them.
+
+        `indices`: an int n takes the last n blocks, a list takes those blocks (negatives count from
+        the end), None takes all. `output_fmt`: "NCHW" maps or "NLC" tokens (patch tokens only;
+        prefix tokens come back beside them with `return_prefix_tokens`).
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take, last = take_indices(len(self.blocks), indices)
+        B, grid = x.shape[0], self.patch_embed.grid_size
+        x = self.embed(x)
+        intermediates = []
+        blocks = self.blocks[: last + 1] if stop_early or intermediates_only else self.blocks
+        for i, block in enumerate(blocks):
+            x = block(x)
+            if i in take:
+                intermediates.append(self.norm(x) if norm else x)
+
+        prefix = [y[:, : self.num_prefix_tokens] for y in intermediates]
+        intermediates = [y[:, self.num_prefix_tokens :] for y in intermediates]
+        if output_fmt == "NCHW":
+            intermediates = [y.reshape(B, grid, grid, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+        if return_prefix_tokens:
+            intermediates = list(zip(intermediates, prefix, strict=True))
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True) -> list[int]:
+        """Drop blocks after the last one `indices` needs (and the norm/head) to save compute."""
+        take, last = take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: last + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.fc_norm = nn.Identity()
+            self.reset_classifier(0)
+        return sorted(take)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None:
+            if global_pool not in POOL_TYPES:
+                raise ValueError(f"global_pool={global_pool!r} is not one of {POOL_TYPES}")
+            if global_pool == "token" and self.cls_token is None:
+                raise ValueError("global_pool='token' needs a class token, and this model has none")
+            self.global_pool = self.config.global_pool = global_pool
+        self.num_classes = self.config.num_classes = num_classes
+        self.head = self._linear_head(num_classes)
+        if self.head_dist is not None:
+            self.head_dist = self._linear_head(num_classes)
+        for head in (self.head, self.head_dist):
+            if isinstance(head, nn.Linear):
+                nn.init.trunc_normal_(head.weight, std=0.02)
+                nn.init.zeros_(head.bias)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head if self.head_dist is None else nn.ModuleList([self.head, self.head_dist])
+
+    def set_distilled_training(self, enable: bool = True) -> None:
+        self.distilled_training = enable
+
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token", "dist_token", "reg_token"}
+
+    # ----- checkpoint adaptation -------------------------------------------------------------
+    def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Fit weights trained at another image size or channel count to this model."""
+        state_dict = dict(state_dict)
+        pos = state_dict.get("pos_embed")
+        if pos is not None and pos.shape != self.pos_embed.shape and pos.shape[-1] == self.embed_dim:
+            prefix_in_pos = 0 if self.no_embed_class else self.num_prefix_tokens
+            state_dict["pos_embed"] = resample_abs_pos_embed(pos, self.patch_embed.grid_size, prefix_in_pos)
+        proj = state_dict.get("patch_embed.proj.weight")
+        want = self.patch_embed.proj.weight
+        if proj is not None and proj.ndim == 4 and proj.shape[1] != want.shape[1] and proj.shape[2:] == want.shape[2:]:
+            state_dict["patch_embed.proj.weight"] = adapt_input_channels(proj, want.shape[1])
+        return state_dict
+
+
+def take_indices(num_blocks: int, indices: int | list[int] | tuple[int, ...] | None) -> tuple[set[int], int]:
+    if indices is None:
+        take = list(range(num_blocks))
+    elif isinstance(indices, int):
+        if not 0 < indices <= num_blocks:
+            raise ValueError(f"indices={indices} must be between 1 and the number of blocks ({num_blocks})")
+        take = list(range(num_blocks - indices, num_blocks))
+    else:
+        take = [i + num_blocks if i < 0 else i for i in indices]
+        bad = [i for i, t in zip(indices, take, strict=True) if not 0 <= t < num_blocks]
+        if bad:
+            raise ValueError(f"block indices {bad} are out of range for a model with {num_blocks} blocks")
+    return set(take), max(take)
+
+
+def adapt_input_channels(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """RGB patch-embedding weights to gray (sum) or to more channels (tiled, rescaled), as timm does."""
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = -(-in_chans // weight.shape[1])
+    return weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (weight.shape[1] / in_chans)

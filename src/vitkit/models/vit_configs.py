@@ -1,0 +1,27 @@
+"""Named ViT / DeiT configs. ImageNet sizes match timm; small-image ones are vitkit's own."""
+
+from .registry import register_architecture, register_model
+from .vit import VisionTransformer, ViTConfig
+
+register_architecture("vit", ViTConfig, VisionTransformer)
+
+# name -> (embed_dim, depth, num_heads)
+IMAGENET_SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16)}
+for size, (dim, depth, heads) in IMAGENET_SIZES.items():
+    shape = dict(embed_dim=dim, depth=depth, num_heads=heads, patch_size=16, img_size=224)
+    register_model(f"vit_{size}_patch16_224", "vit", **shape)
+    register_model(f"vit_{size}_patch16_reg4_gap_224", "vit", **shape, reg_tokens=4, class_token=False,
+                   global_pool="avg", no_embed_class=True)
+    if size != "large":
+        register_model(f"deit_{size}_patch16_224", "vit", **shape)
+        register_model(f"deit_{size}_distilled_patch16_224", "vit", **shape, distilled=True)
+
+# Small images: 28x28 gray (MNIST family) and 32x32 RGB (CIFAR), 10 classes, patch 4 (7x7 / 8x8 grids),
+# and 8x8 gray (scikit-learn digits) with patch 2.
+SMALL_SIZES = {"pico": (64, 4, 2), "nano": (128, 6, 4), "micro": (192, 8, 3), "tiny": (192, 12, 3)}
+for size, (dim, depth, heads) in SMALL_SIZES.items():
+    shape = dict(embed_dim=dim, depth=depth, num_heads=heads, num_classes=10)
+    register_model(f"vit_{size}_patch4_28", "vit", **shape, patch_size=4, img_size=28, in_chans=1)
+    register_model(f"vit_{size}_patch4_32", "vit", **shape, patch_size=4, img_size=32, in_chans=3)
+    register_model(f"deit_{size}_distilled_patch4_32", "vit", **shape, patch_size=4, img_size=32, distilled=True)
+    register_model(f"vit_{size}_patch2_8", "vit", **shape, patch_size=2, img_size=8, in_chans=1)

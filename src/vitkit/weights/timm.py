@@ -1,0 +1,44 @@
+"""Build the vitkit model equal to a timm model, from timm's class name and constructor arguments."""
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..models import build_model, make_config
+
+# timm arguments that only choose an implementation detail vitkit fixes, with the value vitkit has.
+_IGNORED_IF = {"weight_init": ("", "skip"), "pos_embed": ("learn",), "dynamic_img_size": (False,),
+               "dynamic_img_pad": (False,), "patch_drop_rate": (0.0,), "fix_init": (False,),
+               "embed_norm_layer": (None,), "norm_layer": (None,), "act_layer": (None,)}
+_TIMM_CLASSES = {"VisionTransformer": ("vit", {}), "VisionTransformerDistilled": ("vit", {"distilled": True})}
+
+
+def config_from_timm(timm_class: str, kwargs: dict[str, Any]):
+    if timm_class not in _TIMM_CLASSES:
+        raise ValueError(f"timm class {timm_class!r} is not supported; supported: {sorted(_TIMM_CLASSES)}")
+    architecture, fixed = _TIMM_CLASSES[timm_class]
+    kwargs = dict(kwargs)
+    for name, allowed in _IGNORED_IF.items():
+        if name in kwargs:
+            value = kwargs.pop(name)
+            if value not in allowed:
+                raise ValueError(f"timm argument {name}={value!r} is not supported by vitkit (supported: {allowed})")
+    for name in ("img_size", "patch_size"):
+        if isinstance(kwargs.get(name), list | tuple):
+            h, w = kwargs[name]
+            if h != w:
+                raise ValueError(f"vitkit supports square {name} only, got {kwargs[name]}")
+            kwargs[name] = h
+    return make_config(architecture, **{**kwargs, **fixed})
+
+
+def from_timm(timm_class: str, kwargs: dict[str, Any], state_dict: dict[str, torch.Tensor] | None = None,
+              strict: bool = True) -> nn.Module:
+    """The vitkit model equal to timm's `timm_class(**kwargs)`, with a timm state dict loaded if given."""
+    model = build_model(config_from_timm(timm_class, kwargs))
+    if state_dict is not None:
+        from .loading import load_state_dict
+
+        load_state_dict(model, state_dict, strict=strict, source=f"timm {timm_class} state dict")
+    return model
