@@ -48,6 +48,137 @@ def cmd_info(args) -> int:
     return 0
 
 
+# train flags spelled out for discoverability; every other TrainConfig field goes through --set key=value
+_TRAIN_FLAGS = {"model": str, "data": str, "output": str, "epochs": int, "batch_size": int, "lr": float,
+                "weight_decay": float, "drop_path": float, "seed": int, "ckpt_every": int, "workers": int,
+                "teacher": str, "distill": str, "device": str}
+
+
+def _parse_set(items: list[str]) -> dict:
+    import yaml
+
+    values = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        values[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return values
+
+
+def cmd_train(args) -> int:
+    from vitkit.training import TrainConfig, load_recipe, train
+
+    if args.nproc and args.nproc > 1:
+        return _launch_torchrun(args.nproc)
+    options = load_recipe(args.config)
+    options.update({k: v for k in _TRAIN_FLAGS if (v := getattr(args, k)) is not None})
+    options.update(_parse_set(args.set))
+    if args.quiet:
+        options["progress"] = False
+    summary = train(TrainConfig.from_dict(options), resume=args.resume)
+    if "report" in summary:
+        out = Path(summary["output"])
+        print(summary["report"].table())
+        print(f"\ntrained {summary['global_step']} steps in {summary['elapsed_s']:.0f} s; best test top-1 "
+              f"{summary['best_top1'] * 100:.2f}%")
+        print(f"best model:     {out / 'best'}   (vitkit eval / predict take this directory)")
+        print(f"final model:    {out / 'final'}")
+        print(f"checkpoints:    {out / 'checkpoints'}   (--resume continues from the latest)")
+        print(f"metrics:        {out / 'metrics.jsonl'}, {out / 'eval.json'}, {out / 'confusion.png'}")
+    return 0
+
+
+def _launch_torchrun(nproc: int) -> int:
+    """Re-run this same command under torchrun, one process per worker, cores shared out evenly."""
+    import os
+    import subprocess
+
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            argv.append(arg)
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "vitkit",
+           *argv]
+    return subprocess.call(cmd, env=env)
+
+
+def _load_for_inference(path: str):
+    import vitkit
+
+    if not Path(path).is_dir():
+        raise ValueError(f"{path} is not a model directory; give the best/ or final/ directory a training run wrote")
+    model = vitkit.load(path).eval()
+    meta = getattr(model, "metadata", {}) or {}
+    return model, meta
+
+
+def _eval_transform(model, meta, fallback_mean=None, fallback_std=None):
+    from vitkit.data.transforms import eval_transform
+
+    c = model.config
+    mean = meta.get("mean") or fallback_mean or (0.5,) * c.in_chans
+    std = meta.get("std") or fallback_std or (0.5,) * c.in_chans
+    return lambda images: eval_transform(images, c.img_size, meta.get("crop_pct", 1.0), mean, std)
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from vitkit.data import build_dataset
+    from vitkit.evaluation.classification import evaluate_classifier, save_confusion_png
+    from vitkit.training.data_stream import eval_batches
+
+    model, meta = _load_for_inference(args.checkpoint)
+    dataset = build_dataset(args.data, args.split)
+    info = dataset.info
+    if (info.in_chans, info.num_classes) != (model.config.in_chans, model.config.num_classes):
+        raise ValueError(f"{args.data} has {info.in_chans} channel(s) and {info.num_classes} classes; the model "
+                         f"takes {model.config.in_chans} and predicts {model.config.num_classes}")
+    transform = _eval_transform(model, meta, info.mean, info.std)
+    report = evaluate_classifier(model, eval_batches(dataset, transform, args.batch_size), info.num_classes,
+                                 info.class_names)
+    out = Path(args.out or Path(args.checkpoint) / "eval")
+    out.mkdir(parents=True, exist_ok=True)
+    from vitkit.weights import atomic_write_text
+
+    atomic_write_text(out / "eval.json", json.dumps({"data": args.data, "split": args.split, **report.to_dict()},
+                                                    indent=2) + "\n")
+    save_confusion_png(report, out / "confusion.png")
+    print(report.table())
+    print(f"\nwritten: {out / 'eval.json'}, {out / 'confusion.png'}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    model, meta = _load_for_inference(args.checkpoint)
+    names = meta.get("class_names") or [str(i) for i in range(model.config.num_classes)]
+    transform = _eval_transform(model, meta)
+    mode = "L" if model.config.in_chans == 1 else "RGB"
+    for path in args.images:
+        try:
+            with Image.open(path) as img:
+                array = np.asarray(img.convert(mode))
+        except (OSError, UnidentifiedImageError) as err:
+            raise ValueError(f"cannot read image {path}: {err}") from err
+        x = torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            probs = model(transform(x)).softmax(-1)[0]
+        top = probs.topk(min(args.topk, len(names)))
+        shown = ", ".join(f"{names[i]} {p * 100:.1f}%" for p, i in zip(top.values.tolist(), top.indices.tolist(),
+                                                                       strict=True))
+        print(f"{path}: {shown}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitkit", description=__doc__)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -62,16 +193,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=int)
     p.add_argument("--num-classes", type=int)
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("train", help="train a model (default: the digits recipe, a few minutes on a CPU)")
+    p.add_argument("--config", default="digits", help="recipe YAML path or shipped recipe name (default: digits)")
+    for name, kind in _TRAIN_FLAGS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other training option")
+    p.add_argument("--resume", nargs="?", const=True, default=None,
+                   help="continue from the latest checkpoint in --output, or from the given checkpoint")
+    p.add_argument("--nproc", type=int, help="launch this many processes with torchrun (DDP)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="top-1/top-5/loss, per-class accuracy and a confusion matrix PNG")
+    p.add_argument("checkpoint", help="model directory (e.g. runs/digits/best)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--out", help="where eval.json and confusion.png go (default: CHECKPOINT/eval)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="top-k classes for image files")
+    p.add_argument("checkpoint", help="model directory (e.g. runs/digits/best)")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--topk", type=int, default=5)
+    p.set_defaults(func=cmd_predict)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from vitkit.training import TrainingDiverged
+
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, PermissionError, TrainingDiverged) as err:
         print(f"vitkit {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -38,6 +38,7 @@ def build_dataset(spec: str, split: str = "train", *, seed: int = 0, img_size: i
     the others come in one native size, and asking for another is an error (resize in the transforms).
     """
     name, _, arg = spec.strip().partition(":")
+    name = name.lower()
     if name not in SPEC_FORMS:
         raise ValueError(unknown_dataset_message(name))
     form = SPEC_FORMS[name]

@@ -2,7 +2,6 @@
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits as sklearn_load_digits
 
 from .base import DatasetInfo, InMemoryImageDataset, channel_stats, stratified_split
 
@@ -11,6 +10,8 @@ SPLIT_SEED = 0  # fixed so that test accuracy means the same thing in every run
 
 
 def load_digits(split: str) -> InMemoryImageDataset:
+    from sklearn.datasets import load_digits as sklearn_load_digits  # a second to import: only pay it here
+
     bunch = sklearn_load_digits()
     images = torch.from_numpy(np.rint(bunch.images * (255 / 16)).astype(np.uint8)).unsqueeze(1)
     labels = torch.from_numpy(bunch.target.astype(np.int64))

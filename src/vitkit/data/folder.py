@@ -53,7 +53,9 @@ def load_image(path: Path, mode: str, size: int) -> torch.Tensor:
     return pixels.unsqueeze(0) if pixels.ndim == 2 else pixels.permute(2, 0, 1).contiguous()
 
 
-def build_folder_dataset(root: str | Path, split: str, img_size: int = DEFAULT_IMG_SIZE) -> Dataset:
+def build_folder_dataset(
+    root: str | Path, split: str, img_size: int = DEFAULT_IMG_SIZE
+) -> ImageFolderDataset:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
@@ -169,7 +171,9 @@ def as_samples(folders: ClassFolders) -> list[tuple[Path, int]]:
 
 
 @functools.cache  # a test-split build needs the same train statistics as the train build before it
-def sample_channel_stats(paths: tuple[Path, ...], in_chans: int, img_size: int):
+def sample_channel_stats(
+    paths: tuple[Path, ...], in_chans: int, img_size: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean/std over a fixed sample of the images, decoded exactly as training will see them."""
     rng = np.random.default_rng(SPLIT_SEED)
     chosen = np.sort(rng.choice(len(paths), size=min(len(paths), STATS_SAMPLE_SIZE), replace=False))

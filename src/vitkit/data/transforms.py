@@ -35,7 +35,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass
 class AugmentConfig:
     img_size: int
-    scale: tuple[float, float] = (0.08, 1.0)  # small images (28x28) keep more of the object with e.g. (0.35, 1)
+    scale: tuple[float, float] = (0.08, 1.0)  # small images (28x28) keep more of the object with (0.35, 1)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.5
     auto_augment: str | None = "rand-m9-n2"  # "rand-m{M}-n{N}", "trivial" or None
@@ -68,15 +68,17 @@ def _config_problems(cfg: AugmentConfig) -> list[str]:
         if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
             problems.append(f"{name} must be (min, max) with 0 < min <= max, got {low_high}")
     for name in ("hflip", "re_prob", "mix_prob", "switch_prob"):
-        if not 0 <= getattr(cfg, name) <= 1:
-            problems.append(f"{name} is a probability and must be in [0, 1], got {getattr(cfg, name)}")
+        value = getattr(cfg, name)
+        if not 0 <= value <= 1:
+            problems.append(f"{name} is a probability and must be in [0, 1], got {value}")
     for name in ("mixup", "cutmix"):
-        if getattr(cfg, name) < 0:
-            problems.append(f"{name} is a Beta alpha and must be >= 0 (0 turns it off), got {getattr(cfg, name)}")
+        value = getattr(cfg, name)
+        if value < 0:
+            problems.append(f"{name} is a Beta alpha and must be >= 0 (0 turns it off), got {value}")
     if not 0 <= cfg.label_smoothing < 1:
         problems.append(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if len(cfg.mean) not in (1, 3) or len(cfg.std) != len(cfg.mean):
-        problems.append(f"mean and std need one value per channel (1 or 3), got mean={cfg.mean} std={cfg.std}")
+        problems.append(f"mean and std need one value per channel (1 or 3), got {cfg.mean} and {cfg.std}")
     if any(s <= 0 for s in cfg.std):
         problems.append(f"std values must be > 0, got {cfg.std}")
     if not 0 < cfg.crop_pct <= 1:
@@ -97,7 +99,8 @@ class TrainAugment:
 
     def __call__(self, images: Tensor, targets: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         cfg = self.cfg
-        x = random_resized_crop(to_unit_float(images), cfg.img_size, cfg.scale, cfg.ratio, generator=generator)
+        x = to_unit_float(images)
+        x = random_resized_crop(x, cfg.img_size, cfg.scale, cfg.ratio, generator=generator)
         x = random_hflip(x, cfg.hflip, generator=generator)
         if self.auto_augment is not None:
             x = self.auto_augment(x, generator=generator)
@@ -115,7 +118,7 @@ def eval_transform(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> Tensor:
-    """timm's eval pipeline: shorter side to floor(size / crop_pct), bicubic -> centre crop size -> normalize."""
+    """timm's eval: shorter side to floor(size / crop_pct), bicubic -> centre crop to size -> normalize."""
     resized = resize(to_unit_float(x), math.floor(size / crop_pct))
     return normalize(center_crop(resized, size), mean, std)
 
@@ -131,7 +134,7 @@ class EvalTransform:
 
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "AugmentConfig", "EvalTransform", "TrainAugment", "apply_op", "center_crop",
-    "eval_transform", "mixup_cutmix", "normalize", "one_hot_smooth", "parse_auto_augment", "rand_augment",
-    "random_erasing", "random_hflip", "random_resized_crop", "resize", "trivial_augment",
+    "IMAGENET_MEAN", "IMAGENET_STD", "AugmentConfig", "EvalTransform", "TrainAugment", "apply_op",
+    "center_crop", "eval_transform", "mixup_cutmix", "normalize", "one_hot_smooth", "parse_auto_augment",
+    "rand_augment", "random_erasing", "random_hflip", "random_resized_crop", "resize", "trivial_augment",
 ]

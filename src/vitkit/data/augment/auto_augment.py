@@ -90,7 +90,8 @@ def _rotate(m: Tensor, height: int, width: int) -> Tensor:
 
 
 def _blend(x: Tensor, degenerate: Tensor, factor: Tensor) -> Tensor:
-    return (degenerate + factor.view(-1, 1, 1, 1) * (x - degenerate)).clamp(0, 1)
+    """PIL's ImageEnhance: factor 0 gives the degenerate image, 1 the original, above 1 extrapolates."""
+    return torch.lerp(degenerate, x, factor.view(-1, 1, 1, 1)).clamp_(0, 1)
 
 
 def _grayscale(x: Tensor) -> Tensor:
@@ -100,11 +101,11 @@ def _grayscale(x: Tensor) -> Tensor:
 
 
 def _to_levels(x: Tensor) -> Tensor:
-    return (x * 255).round().clamp(0, 255).long()
+    return (x * 255).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _brightness(x: Tensor, m: Tensor) -> Tensor:
-    return _blend(x, torch.zeros_like(x), 1 + m)
+    return (x * (1 + m).view(-1, 1, 1, 1)).clamp_(0, 1)  # a blend with black
 
 
 def _color(x: Tensor, m: Tensor) -> Tensor:
@@ -116,15 +117,16 @@ def _contrast(x: Tensor, m: Tensor) -> Tensor:
 
 
 def _sharpness(x: Tensor, m: Tensor) -> Tensor:
-    channels = x.shape[1]
-    kernel = torch.tensor([[1.0, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=x.dtype) / 13
+    # PIL's smoothing kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 as a 3x3 box sum plus 4x the centre:
+    # avg_pool2d stays fast when the subset size changes, where a depthwise conv2d re-plans per shape
     blurred = x.clone()  # PIL and torchvision leave the one-pixel border unblurred
-    blurred[..., 1:-1, 1:-1] = F.conv2d(x, kernel.expand(channels, 1, 3, 3), groups=channels)
+    box_sum = 9 * F.avg_pool2d(x, kernel_size=3, stride=1)
+    blurred[..., 1:-1, 1:-1] = (box_sum + 4 * x[..., 1:-1, 1:-1]) / 13
     return _blend(x, blurred, 1 + m)
 
 
 def _posterize(x: Tensor, m: Tensor) -> Tensor:
-    keep_high_bits = 256 - 2 ** m.round().long()
+    keep_high_bits = (256 - 2 ** m.round().long()).to(torch.uint8)
     return (_to_levels(x) & keep_high_bits.view(-1, 1, 1, 1)).to(x.dtype) / 255
 
 
@@ -144,7 +146,7 @@ def _autocontrast(x: Tensor, m: Tensor) -> Tensor:
 def _equalize(x: Tensor, m: Tensor) -> Tensor:
     """torchvision's per-channel histogram equalization, all images and channels at once."""
     n, c, h, w = x.shape
-    levels = _to_levels(x).flatten(2)
+    levels = _to_levels(x).flatten(2).long()
     hist = torch.zeros(n, c, 256, dtype=torch.long).scatter_add_(2, levels, torch.ones_like(levels))
     brightest_count = hist.gather(2, levels.amax(dim=2, keepdim=True))
     step = (h * w - brightest_count) // 255
@@ -210,7 +212,7 @@ def _apply_random_op(
 
 
 def rand_augment(x: Tensor, num_ops: int = 2, magnitude: int = 9, *, generator: torch.Generator) -> Tensor:
-    """torchvision's RandAugment: `num_ops` ops in a row per image, each drawn with replacement, at one magnitude."""
+    """torchvision's RandAugment: `num_ops` ops in a row per image, drawn with replacement, one magnitude."""
     if not 0 <= magnitude <= NUM_LEVELS or num_ops < 0:
         raise ValueError(f"rand_augment needs 0 <= magnitude <= {NUM_LEVELS} and num_ops >= 0, "
                          f"got magnitude={magnitude}, num_ops={num_ops}")
@@ -239,12 +241,14 @@ def parse_auto_augment(spec: str | None) -> Callable[..., Tensor] | None:
     if spec is None or spec == "none":
         return None
     if not isinstance(spec, str):
-        raise ValueError(f"auto_augment must be a string or None, got {spec!r}; valid forms: {AUTO_AUGMENT_FORMS}")
+        raise ValueError(f"auto_augment must be a string or None, got {spec!r}; "
+                         f"valid forms: {AUTO_AUGMENT_FORMS}")
     if spec == "trivial":
         return trivial_augment
     policy, *parts = spec.split("-")
     if policy != "rand":
-        raise ValueError(f"unknown auto_augment policy {policy!r} in {spec!r}; valid forms: {AUTO_AUGMENT_FORMS}")
+        raise ValueError(f"unknown auto_augment policy {policy!r} in {spec!r}; "
+                         f"valid forms: {AUTO_AUGMENT_FORMS}")
     settings = {"m": 9, "n": 2}
     for part in parts:
         key, value = part[:1], part[1:]

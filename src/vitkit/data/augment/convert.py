@@ -27,12 +27,14 @@ def to_dtype(x: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """uint8 or [0, 1] float images -> float32 (x - mean) / std, mean and std given per channel in [0, 1] units."""
-    x = to_unit_float(x).float()
+    """uint8 or [0, 1] float images -> float32 (x - mean) / std; mean, std per channel in [0, 1] units."""
+    check_images(x)
     channels = x.shape[1]
     if len(mean) != channels or len(std) != channels:
         raise ValueError(f"mean {tuple(mean)} and std {tuple(std)} need one value per channel; "
                          f"the images have {channels} channel(s)")
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return (x - mean_t) / std_t
+    # one fused x * scale + shift pass, with uint8's 1/255 folded into the scale
+    pixel_range = 255 if x.dtype == torch.uint8 else 1
+    scale = 1 / (pixel_range * torch.tensor(std, dtype=torch.float32))
+    shift = -torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)
+    return torch.addcmul(shift.view(1, -1, 1, 1), x.float(), scale.view(1, -1, 1, 1))

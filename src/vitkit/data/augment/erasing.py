@@ -18,11 +18,12 @@ def _sample_erase_mask(
     ratio: tuple[float, float],
     generator: torch.Generator,
 ) -> Tensor:
-    """Boolean (B, 1, H, W), True inside each image's box; all attempts are drawn at once, the first fit kept."""
+    """Boolean (B, 1, H, W), True inside each image's box; all attempts drawn at once, the first fit kept."""
     erase = torch.rand(batch, generator=generator) < p
     shape = (batch, ERASE_ATTEMPTS)
     target_area = height * width * torch.empty(shape).uniform_(*scale, generator=generator)
-    aspect = torch.exp(torch.empty(shape).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator))
+    log_ratio = torch.empty(shape).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    aspect = torch.exp(log_ratio)
     h = torch.sqrt(target_area * aspect).round()
     w = torch.sqrt(target_area / aspect).round()
     fits = (h < height) & (w < width)
@@ -45,18 +46,18 @@ def random_erasing(
     *,
     generator: torch.Generator,
 ) -> Tensor:
-    """With probability p per image, fill one random box with N(0, 1) noise: per pixel ("pixel"), per channel
-    ("rand") or zeros ("const"). Meant for normalized float images, where N(0, 1) matches the data's spread."""
+    """With probability p per image, fill one random box with N(0, 1) noise per pixel ("pixel"), per
+    channel ("rand"), or with zeros ("const"). For normalized float images, where N(0, 1) fits the data."""
     if not x.is_floating_point():
         raise TypeError(f"random_erasing works on normalized float images, got {x.dtype}")
     if mode not in ERASE_MODES:
         raise ValueError(f"random_erasing mode must be one of {ERASE_MODES}, got {mode!r}")
     batch, channels, height, width = x.shape
-    mask = _sample_erase_mask(batch, height, width, p, scale, ratio, generator).expand_as(x)
+    mask = _sample_erase_mask(batch, height, width, p, scale, ratio, generator)
     if mode == "pixel":
         # draw noise only for the erased pixels, not for the whole batch
-        noise = torch.randn(int(mask.sum()), generator=generator, dtype=x.dtype)
-        return x.masked_scatter(mask, noise)
+        noise = torch.randn(int(mask.sum()) * channels, generator=generator, dtype=x.dtype)
+        return x.masked_scatter(mask.expand_as(x), noise)
     if mode == "rand":
         return torch.where(mask, torch.randn(batch, channels, 1, 1, generator=generator, dtype=x.dtype), x)
     return x.masked_fill(mask, 0)

@@ -1,4 +1,4 @@
-"""Crops, flips and resizes for whole batches: every image gets its own parameters, one resampling call per batch.
+"""Crops, flips and resizes for whole batches: parameters per image, one resampling call per batch.
 
 Geometry is written as pixel-space inverse maps, 3x3 matrices taking an output pixel coordinate to the input
 coordinate it reads from. Pixel (row i, column j) has its centre at (x, y) = (j + 0.5, i + 0.5).
@@ -86,7 +86,7 @@ def random_resized_crop(
     inverse_maps[:, 0, 0], inverse_maps[:, 0, 2] = w / size, left
     inverse_maps[:, 1, 1], inverse_maps[:, 1, 2] = h / size, top
     inverse_maps[:, 2, 2] = 1
-    # border padding clamps reads in the crop's outer half pixel, as F.interpolate does, instead of fading to 0
+    # border padding clamps reads in the crop's outer half pixel, as F.interpolate does, rather than fade to 0
     return to_dtype(warp(x, inverse_maps, (size, size), padding_mode="border"), dtype)
 
 
@@ -96,7 +96,7 @@ def random_hflip(x: Tensor, p: float = 0.5, *, generator: torch.Generator) -> Te
 
 
 def resize(x: Tensor, size: int) -> Tensor:
-    """Resize so the shorter side is `size` (longer side rounded down, as torchvision), bicubic with antialias."""
+    """Shorter side to `size` (longer side rounded down, as torchvision), bicubic with antialias."""
     height, width = x.shape[-2:]
     if min(height, width) == size:
         return x

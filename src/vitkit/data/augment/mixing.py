@@ -8,7 +8,7 @@ from torch import Tensor
 
 
 def one_hot_smooth(target: Tensor, num_classes: int, smoothing: float = 0.0) -> Tensor:
-    """(B,) class indices -> (B, num_classes) float32 rows: 1 - smoothing + smoothing/K on target, smoothing/K off."""
+    """(B,) class indices -> (B, K) float32: 1 - smoothing + smoothing/K on the target, smoothing/K off it."""
     off_value = smoothing / num_classes
     on_value = 1.0 - smoothing + off_value
     soft = torch.full((len(target), num_classes), off_value)
@@ -35,7 +35,7 @@ def _sample_mix(
 
 
 def _cutmix_box(height: int, width: int, lam: float, generator: torch.Generator) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) of a box of about (1 - lam) of the image, centred anywhere, clipped to it."""
+    """(top, bottom, left, right) of a box of about (1 - lam) of the image, centred anywhere, clipped."""
     cut_h, cut_w = int(height * math.sqrt(1 - lam)), int(width * math.sqrt(1 - lam))
     cy = int(torch.randint(height, (), generator=generator))
     cx = int(torch.randint(width, (), generator=generator))
@@ -61,7 +61,8 @@ def mixup_cutmix(
     if not x.is_floating_point():
         raise TypeError(f"mixup_cutmix works on float images, got {x.dtype}")
     if mixup_alpha < 0 or cutmix_alpha < 0:
-        raise ValueError(f"mixup and cutmix alphas must be >= 0 (0 turns one off), got {mixup_alpha}, {cutmix_alpha}")
+        raise ValueError(f"mixup and cutmix alphas must be >= 0 (0 turns one off), "
+                         f"got {mixup_alpha}, {cutmix_alpha}")
     lam, use_cutmix = _sample_mix(mixup_alpha, cutmix_alpha, prob, switch_prob, generator)
     if use_cutmix:
         height, width = x.shape[-2:]
@@ -71,6 +72,6 @@ def mixup_cutmix(
         # the clipped box can be smaller than asked for: the label weight follows the pixels actually pasted
         lam = 1 - (bottom - top) * (right - left) / (height * width)
     elif lam < 1:
-        x = x * lam + x.flip(0) * (1 - lam)
+        x = torch.lerp(x.flip(0), x, lam)
     soft = one_hot_smooth(target, num_classes, label_smoothing)
     return x, soft * lam + soft.flip(0) * (1 - lam)

@@ -1,0 +1,117 @@
+"""Everything a training run is configured by; recipes are YAML files with these keys."""
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+
+
+@dataclass
+class TrainConfig:
+    model: str = "vit_pico_patch2_8"
+    data: str = "digits"
+    output: str = "runs/digits"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # timm-named overrides, e.g. {embed_dim: 96}
+    init_checkpoint: str | None = None  # start from these weights (fine-tuning); head refit when classes differ
+    img_size: int | None = None  # model input size; default: the model's
+    epochs: int = 100
+    batch_size: int = 128  # global images per optimizer step, across processes and accumulation
+    accum_steps: int = 1
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_epochs: float = 5.0
+    weight_decay: float = 0.05
+    layer_decay: float | None = None  # e.g. 0.75 for fine-tuning: deeper blocks get larger learning rates
+    clip_grad: float | None = 1.0
+    drop_path: float = 0.1
+    # augmentation (see vitkit.data.transforms.AugmentConfig)
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    auto_augment: str | None = "rand-m9-n2"
+    re_prob: float = 0.25
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    mix_prob: float = 1.0
+    label_smoothing: float = 0.1
+    crop_pct: float = 1.0
+    # regularisation and precision
+    ema_decay: float | None = None  # e.g. 0.9998; evaluated and saved beside the model
+    amp: bool = False  # bf16 autocast (CPU with AVX512-BF16 / AMX, or CUDA)
+    # distillation from any model vitkit can load
+    teacher: str | None = None
+    distill: str = "none"  # none | hard (DeiT, through the distillation token) | soft
+    distill_alpha: float = 0.5
+    distill_tau: float = 1.0
+    # bookkeeping
+    seed: int = 0
+    eval_every: int = 1  # epochs
+    ckpt_every: int = 0  # optimizer steps between step checkpoints; 0: only at epoch ends
+    keep_last: int = 2
+    workers: int = 0  # DataLoader processes for folder datasets
+    device: str = "auto"
+    max_steps: int | None = None  # stop early (smoke tests)
+    progress: bool = True
+
+    def __post_init__(self):
+        self.scale, self.ratio = tuple(self.scale), tuple(self.ratio)
+        problems = []
+        for name in ("epochs", "batch_size", "accum_steps", "eval_every", "keep_last"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size % self.accum_steps:
+            problems.append(f"batch_size {self.batch_size} is not divisible by accum_steps {self.accum_steps}")
+        if self.lr <= 0 or self.min_lr < 0:
+            problems.append(f"lr must be > 0 and min_lr >= 0, got lr={self.lr} min_lr={self.min_lr}")
+        if self.distill not in ("none", "hard", "soft"):
+            problems.append(f"distill must be 'none', 'hard' or 'soft', got {self.distill!r}")
+        if self.distill != "none" and not self.teacher:
+            problems.append(f"distill={self.distill!r} needs a teacher (a model directory or checkpoint)")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            problems.append(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            problems.append(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in data if k not in valid]
+        if unknown:
+            hints = [f"{k} (did you mean {', '.join(difflib.get_close_matches(k, valid, n=2)) or '?'})" for k in unknown]
+            raise ValueError(f"unknown training option(s): {', '.join(hints)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["scale"], data["ratio"] = list(self.scale), list(self.ratio)
+        return data
+
+
+def resolve_recipe(name_or_path: str) -> Path:
+    """A YAML path, or the name of a recipe shipped with vitkit (`vitkit/recipes/NAME.yaml`)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = RECIPES_DIR / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    raise FileNotFoundError(f"recipe {name_or_path!r} is neither a file nor a shipped recipe ({', '.join(names)})")
+
+
+def load_recipe(name_or_path: str) -> dict[str, Any]:
+    path = resolve_recipe(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of training options, got {type(data).__name__}")
+    return data

@@ -1,0 +1,53 @@
+"""AdamW parameter groups (no decay on norms, biases, tokens; optional layer-wise LR decay) and the
+warmup + cosine schedule."""
+
+import math
+
+import torch
+from torch import nn
+
+
+def layer_id(name: str, num_layers: int) -> int:
+    """0 for the embedding, i + 1 for block i, num_layers + 1 for the final norm and head."""
+    if name.startswith(("patch_embed", "cls_token", "dist_token", "reg_token", "pos_embed")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return num_layers + 1
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    num_layers = len(getattr(model, "blocks", []))
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        no_decay = param.ndim <= 1 or name in skip or name.endswith(".bias")
+        layer = layer_id(name, num_layers) if layer_decay is not None else 0
+        scale = layer_decay ** (num_layers + 1 - layer) if layer_decay is not None else 1.0
+        group = groups.setdefault(
+            (layer, no_decay), {"params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scale}
+        )
+        group["params"].append(param)
+    return list(groups.values())
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float, layer_decay: float | None = None):
+    groups = param_groups(model, weight_decay, layer_decay)
+    for group in groups:
+        group["lr"] = lr * group["lr_scale"]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
+
+
+def warmup_cosine(optimizer, total_steps: int, warmup_steps: int, lr: float, min_lr: float):
+    """Linear warmup from ~0 to each group's lr, then cosine down to min_lr (scaled per group)."""
+    floor = min_lr / lr
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

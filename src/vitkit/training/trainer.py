@@ -1,0 +1,326 @@
+"""The training loop: DeiT recipe, exact resume, DDP, atomic checkpoints.
+
+Read top to bottom: `train` sets everything up, `_run_epochs` is the loop, the rest are its steps.
+"""
+
+import json
+import math
+import os
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..data import build_dataset
+from ..data.transforms import AugmentConfig, EvalTransform, TrainAugment
+from ..evaluation.classification import evaluate_classifier, save_confusion_png
+from ..models import create_model
+from ..weights import atomic_write_text, load, load_checkpoint, save
+from .checkpoint import CheckpointManager, load_training_state
+from .config import TrainConfig
+from .data_stream import batch_indices, epoch_order, eval_batches, iterate_batches, step_generator
+from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown
+from .ema import ModelEma
+from .losses import DistillationLoss
+from .optim import build_optimizer, warmup_cosine
+from .progress import Progress
+
+# Options that fix the data stream and the model: a resumed run must keep them.
+_RESUME_FIXED = ("model", "data", "model_kwargs", "batch_size", "seed", "img_size", "accum_steps")
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+@dataclass
+class Run:
+    """Everything the loop touches, built once by `train`."""
+
+    cfg: TrainConfig
+    dist: DistInfo
+    device: torch.device
+    out: Path
+    model: nn.Module  # unwrapped
+    ddp_model: nn.Module  # what forward/backward go through
+    ema: ModelEma | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    criterion: DistillationLoss
+    train_set: object
+    test_set: object
+    train_aug: TrainAugment
+    eval_tf: EvalTransform
+    checkpoints: CheckpointManager
+    steps_per_epoch: int
+    total_steps: int
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best_top1: float = -1.0
+
+
+def train(cfg: TrainConfig, resume: str | bool | None = None) -> dict:
+    """Train as `cfg` says; `resume` is True (latest checkpoint in cfg.output) or a checkpoint path."""
+    device = _pick_device(cfg.device)
+    dist = init_distributed(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    out = Path(cfg.output)
+    if dist.is_main:
+        _check_writable(out)
+    try:
+        run = _build_run(cfg, dist, device, out)
+        if resume:
+            _restore(run, load_training_state(out / "checkpoints" if resume is True else resume))
+        if dist.is_main:
+            atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        return _run_epochs(run)
+    finally:
+        shutdown(dist)
+
+
+def _build_run(cfg: TrainConfig, dist: DistInfo, device: torch.device, out: Path) -> Run:
+    train_set = build_dataset(cfg.data, "train", seed=cfg.seed)
+    test_set = build_dataset(cfg.data, "test", seed=cfg.seed)
+    info = train_set.info
+    torch.manual_seed(cfg.seed)  # identical initial weights on every process
+    model = create_model(cfg.model, num_classes=info.num_classes, in_chans=info.in_chans, img_size=cfg.img_size,
+                         drop_path_rate=cfg.drop_path, **cfg.model_kwargs)
+    if cfg.init_checkpoint:
+        load_checkpoint(model, cfg.init_checkpoint, strict=False)
+    model.to(device)
+    aug = AugmentConfig(
+        img_size=model.config.img_size, scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip,
+        auto_augment=cfg.auto_augment, re_prob=cfg.re_prob, mixup=cfg.mixup, cutmix=cfg.cutmix,
+        mix_prob=cfg.mix_prob, label_smoothing=cfg.label_smoothing, mean=info.mean, std=info.std,
+        crop_pct=cfg.crop_pct,
+    )
+    shard = cfg.batch_size // cfg.accum_steps
+    if shard % dist.world_size:
+        raise ValueError(f"batch_size / accum_steps = {shard} images is not divisible by {dist.world_size} processes")
+    steps_per_epoch = len(train_set) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {cfg.batch_size} is larger than the training set ({len(train_set)} images)")
+    total_steps = cfg.epochs * steps_per_epoch
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.layer_decay)
+    warmup = min(total_steps - 1, round(cfg.warmup_epochs * steps_per_epoch))
+    scheduler = warmup_cosine(optimizer, total_steps, max(warmup, 1), cfg.lr, cfg.min_lr)
+    teacher = _load_teacher(cfg, info, device)
+    if cfg.distill == "hard" and getattr(model, "head_dist", None) is not None:
+        model.set_distilled_training(True)
+    ddp_model = DistributedDataParallel(model) if dist.enabled else model
+    return Run(
+        cfg=cfg, dist=dist, device=device, out=out, model=model, ddp_model=ddp_model,
+        ema=ModelEma(model, cfg.ema_decay) if cfg.ema_decay else None, optimizer=optimizer, scheduler=scheduler,
+        criterion=DistillationLoss(teacher, cfg.distill, cfg.distill_alpha, cfg.distill_tau),
+        train_set=train_set, test_set=test_set, train_aug=TrainAugment(aug, info.num_classes),
+        eval_tf=EvalTransform(aug), checkpoints=CheckpointManager(out / "checkpoints", cfg.keep_last),
+        steps_per_epoch=steps_per_epoch, total_steps=min(total_steps, cfg.max_steps or total_steps),
+    )
+
+
+def _run_epochs(run: Run) -> dict:
+    cfg, start = run.cfg, time.perf_counter()
+    report, evaluated = None, False
+    while run.epoch < cfg.epochs and run.global_step < run.total_steps:
+        epoch_start, losses = time.perf_counter(), []
+        order = epoch_order(len(run.train_set), cfg.seed, run.epoch)
+        batches = batch_indices(order, cfg.batch_size, run.step_in_epoch)
+        progress = Progress(len(batches), f"epoch {run.epoch + 1}/{cfg.epochs}", cfg.progress and run.dist.is_main)
+        for images, targets in iterate_batches(run.train_set, batches, cfg.workers):
+            losses.append(_train_step(run, images, targets))
+            progress.update(len(images), loss=losses[-1], lr=run.optimizer.param_groups[0]["lr"])
+            if cfg.ckpt_every and run.global_step % cfg.ckpt_every == 0:
+                _save_checkpoint(run)
+            if run.global_step >= run.total_steps:
+                break
+        progress.close()
+        finished_epoch = run.step_in_epoch >= run.steps_per_epoch
+        if finished_epoch:
+            run.epoch, run.step_in_epoch = run.epoch + 1, 0
+        last = run.epoch >= cfg.epochs or run.global_step >= run.total_steps
+        row = {"epoch": run.epoch, "step": run.global_step, "train_loss": sum(losses) / max(len(losses), 1),
+               "lr": run.optimizer.param_groups[0]["lr"], "epoch_s": time.perf_counter() - epoch_start,
+               "img_per_s": len(losses) * cfg.batch_size / (time.perf_counter() - epoch_start)}
+        evaluated = run.epoch % cfg.eval_every == 0 or last
+        if evaluated:
+            report = _evaluate_and_keep_best(run, row)
+        _save_checkpoint(run)
+        if run.dist.is_main:
+            _log(run, row)
+    barrier(run.dist)
+    if not evaluated:  # resumed at the very end: nothing trained in this process
+        report = _evaluate_and_keep_best(run, {})
+    return _finish(run, report, time.perf_counter() - start)
+
+
+def _train_step(run: Run, images: torch.Tensor, targets: torch.Tensor) -> float:
+    cfg, dist = run.cfg, run.dist
+    run.ddp_model.train()
+    x, y = run.train_aug(images, targets, step_generator(cfg.seed, run.global_step))
+    # dropout / stochastic depth draw from the global RNG: make it a function of the step too
+    torch.manual_seed(cfg.seed * 1_000_003 + run.global_step * dist.world_size + dist.rank)
+    micro, shard = cfg.batch_size // cfg.accum_steps, cfg.batch_size // cfg.accum_steps // dist.world_size
+    total = 0.0
+    for a in range(cfg.accum_steps):
+        lo = a * micro + dist.rank * shard
+        xs, ys = x[lo:lo + shard].to(run.device), y[lo:lo + shard].to(run.device)
+        sync = a == cfg.accum_steps - 1 or not dist.enabled
+        with (nullcontext() if sync else run.ddp_model.no_sync()):
+            with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                loss = run.criterion(xs, run.ddp_model(xs), ys) / cfg.accum_steps
+            loss.backward()
+        total += loss.item()
+    loss_value = all_reduce_mean(total, dist)
+    if not math.isfinite(loss_value):
+        latest = run.checkpoints.latest()
+        raise TrainingDiverged(
+            f"training loss is {loss_value} at epoch {run.epoch + 1}, step {run.global_step}; stopped before the "
+            f"update. Last good checkpoint: {latest or 'none written yet'}. Try a lower lr or clip_grad."
+        )
+    if cfg.clip_grad:
+        nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_grad)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update(run.model)
+    run.global_step += 1
+    run.step_in_epoch += 1
+    return loss_value
+
+
+def _evaluate_and_keep_best(run: Run, row: dict):
+    """Evaluate on rank 0 (others wait), log into `row`, save `best/` when top-1 improves."""
+    report = None
+    if run.dist.is_main:
+        info = run.test_set.info
+        candidates = {"model": run.model} | ({"ema": run.ema.module} if run.ema else {})
+        reports = {}
+        for name, module in candidates.items():
+            batches = eval_batches(run.test_set, run.eval_tf, workers=run.cfg.workers)
+            reports[name] = evaluate_classifier(module, batches, info.num_classes, info.class_names, run.cfg.amp)
+            row.update({f"{name}_top1": reports[name].top1, f"{name}_top5": reports[name].top5,
+                        f"{name}_loss": reports[name].loss})
+        best_name = max(reports, key=lambda n: reports[n].top1)
+        report = reports[best_name]
+        if report.top1 > run.best_top1:
+            run.best_top1 = report.top1
+            save(candidates[best_name], run.out / "best", metadata=_model_metadata(run, best_name, report))
+    barrier(run.dist)
+    return report
+
+
+def _model_metadata(run: Run, which: str, report) -> dict:
+    info = run.train_set.info
+    return {
+        "dataset": run.cfg.data, "class_names": list(info.class_names), "mean": list(info.mean),
+        "std": list(info.std), "crop_pct": run.cfg.crop_pct, "weights": which, "epoch": run.epoch,
+        "step": run.global_step, "top1": report.top1,
+    }
+
+
+def _save_checkpoint(run: Run) -> None:
+    if not run.dist.is_main:
+        return
+    state = {
+        "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "ema": run.ema.state_dict() if run.ema else None,
+        "epoch": run.epoch, "step_in_epoch": run.step_in_epoch, "global_step": run.global_step,
+        "best_top1": run.best_top1, "config": run.cfg.to_dict(), "torch_rng": torch.get_rng_state(),
+    }
+    run.checkpoints.save(state, run.global_step)
+
+
+def _restore(run: Run, state: dict) -> None:
+    saved = state.get("config", {})
+    changed = [f"{k}: {saved.get(k)!r} -> {getattr(run.cfg, k)!r}" for k in _RESUME_FIXED
+               if k in saved and _norm(saved[k]) != _norm(getattr(run.cfg, k))]
+    if changed:
+        raise ValueError("cannot resume: these options differ from the checkpoint's: " + "; ".join(changed))
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if run.ema is not None and state.get("ema") is not None:
+        run.ema.load_state_dict(state["ema"])
+    run.epoch, run.step_in_epoch = state["epoch"], state["step_in_epoch"]
+    run.global_step, run.best_top1 = state["global_step"], state["best_top1"]
+    torch.set_rng_state(state["torch_rng"])
+
+
+def _norm(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _finish(run: Run, report, elapsed: float) -> dict:
+    summary = {"output": str(run.out), "elapsed_s": elapsed, "global_step": run.global_step,
+               "best_top1": run.best_top1}
+    if run.dist.is_main:
+        save(run.model, run.out / "final", metadata=_model_metadata(run, "model", report))
+        if run.ema is not None:
+            save(run.ema.module, run.out / "final_ema", metadata=_model_metadata(run, "ema", report))
+        best = load(run.out / "best").to(run.device)
+        info = run.test_set.info
+        best_report = evaluate_classifier(best, eval_batches(run.test_set, run.eval_tf), info.num_classes,
+                                          info.class_names)
+        save_confusion_png(best_report, run.out / "confusion.png")
+        atomic_write_text(run.out / "eval.json", json.dumps(best_report.to_dict(), indent=2) + "\n")
+        summary.update(report=best_report)
+    return summary
+
+
+def _log(run: Run, row: dict) -> None:
+    path = run.out / "metrics.jsonl"
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    writer = _tensorboard(run)
+    if writer is not None:
+        for key, value in row.items():
+            if isinstance(value, int | float) and key != "epoch":
+                writer.add_scalar(key, value, row["epoch"])
+        writer.flush()
+
+
+def _tensorboard(run: Run):
+    if not hasattr(run, "_tb"):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            run._tb = SummaryWriter(str(run.out / "tensorboard"))
+        except ImportError:  # tensorboard is optional
+            run._tb = None
+    return run._tb
+
+
+def _load_teacher(cfg: TrainConfig, info, device: torch.device):
+    if cfg.distill == "none":
+        return None
+    teacher = load(cfg.teacher).to(device).eval().requires_grad_(False)
+    if teacher.config.in_chans != info.in_chans or teacher.config.num_classes != info.num_classes:
+        raise ValueError(f"teacher {cfg.teacher} takes {teacher.config.in_chans} channels and predicts "
+                         f"{teacher.config.num_classes} classes; the data has {info.in_chans} and {info.num_classes}")
+    return teacher
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before any training if results could not be saved."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise PermissionError(f"output directory {out} is not writable ({err.strerror}); choose another with --output") from err
+    if not os.access(out, os.W_OK):
+        raise PermissionError(f"output directory {out} is not writable; choose another with --output")

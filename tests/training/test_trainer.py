@@ -1,0 +1,154 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vitkit
+from vitkit.training import TrainConfig, TrainingDiverged, train
+from vitkit.training.optim import build_optimizer, warmup_cosine
+
+TINY_MODEL = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+FAST = dict(model="vit_pico_patch4_32", data="synthetic:128", model_kwargs=TINY_MODEL, batch_size=32,
+            epochs=2, lr=2e-3, warmup_epochs=1, drop_path=0.0, progress=False)
+
+
+def config(tmp_path, **overrides) -> TrainConfig:
+    return TrainConfig.from_dict({**FAST, "output": str(tmp_path / "run"), **overrides})
+
+
+def test_train_writes_models_metrics_and_learns(tmp_path):
+    summary = train(config(tmp_path, epochs=6, data="synthetic:256", auto_augment="rand-m9-n2", ema_decay=0.9))
+    out = Path(summary["output"])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert {"train_loss", "model_top1", "ema_top1", "lr", "img_per_s"} <= set(rows[0])
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert summary["best_top1"] > 0.3  # 10 classes: chance is 0.1
+    for directory in ("best", "final", "final_ema"):
+        assert (out / directory / "model.safetensors").is_file()
+    best = vitkit.load(out / "best")
+    assert best.metadata["class_names"][0] == "class_0" or len(best.metadata["class_names"]) == 10
+    assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list((out / "checkpoints").glob("step-*.pt"))) == 2  # keep_last
+
+
+def test_grad_accumulation_matches_full_batch(tmp_path):
+    a = train(config(tmp_path / "a", max_steps=3, auto_augment=None, re_prob=0.0))
+    b = train(config(tmp_path / "b", max_steps=3, auto_augment=None, re_prob=0.0, accum_steps=4))
+    wa = load_file(Path(a["output"]) / "final" / "model.safetensors")
+    wb = load_file(Path(b["output"]) / "final" / "model.safetensors")
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], atol=2e-5, rtol=1e-4)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = config(tmp_path, lr=1e12, clip_grad=None, ckpt_every=1, warmup_epochs=0, epochs=3, auto_augment=None)
+    with pytest.raises(TrainingDiverged, match=r"training loss is (nan|inf).*Last good checkpoint: .*step-\d+\.pt"):
+        train(cfg)
+    checkpoints = sorted((tmp_path / "run" / "checkpoints").glob("step-*.pt"))
+    assert checkpoints
+    state = torch.load(checkpoints[-1], weights_only=False)
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_unwritable_output_fails_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(PermissionError, match=r"output directory .*file/run is not writable"):
+        train(config(tmp_path, output=str(blocker / "run")))
+
+
+def test_bad_options_are_named(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown training option\(s\): epoch \(did you mean epochs"):
+        TrainConfig.from_dict({"epoch": 3})
+    with pytest.raises(ValueError, match="batch_size 30 is not divisible by accum_steps 4"):
+        TrainConfig(batch_size=30, accum_steps=4)
+    with pytest.raises(ValueError, match=r"batch_size 512 is larger than the training set \(128 images\)"):
+        train(config(tmp_path, batch_size=512))
+
+
+def test_optimizer_groups_and_schedule():
+    model = vitkit.create_model("vit_pico_patch4_32", **TINY_MODEL)
+    opt = build_optimizer(model, lr=1e-3, weight_decay=0.05)
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[i].endswith(".weight") and "norm" not in names[i] for i in decayed)
+    assert id(model.pos_embed) not in decayed and id(model.cls_token) not in decayed
+    assert id(model.blocks[0].attn.qkv.weight) in decayed
+    layered = build_optimizer(model, lr=1e-3, weight_decay=0.05, layer_decay=0.5)
+    lrs = {names[id(p)]: g["lr"] for g in layered.param_groups for p in g["params"]}
+    assert lrs["head.weight"] == pytest.approx(1e-3)
+    assert lrs["blocks.1.attn.qkv.weight"] == pytest.approx(5e-4)
+    assert lrs["patch_embed.proj.weight"] == pytest.approx(1e-3 * 0.5**3)
+    sched = warmup_cosine(opt, total_steps=100, warmup_steps=10, lr=1e-3, min_lr=1e-5)
+    lr_at = []
+    for _ in range(100):
+        lr_at.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lr_at[0] == pytest.approx(1e-4) and lr_at[9] == pytest.approx(1e-3)
+    assert lr_at[-1] == pytest.approx(1e-5, rel=0.05) and lr_at[50] < lr_at[20]
+
+
+def test_hard_distillation_through_distillation_token(tmp_path):
+    teacher = train(config(tmp_path / "teacher", epochs=1))
+    student = train(config(tmp_path / "student", model="deit_pico_distilled_patch4_32", distill="hard",
+                           teacher=str(Path(teacher["output"]) / "best"), epochs=1))
+    assert (Path(student["output"]) / "best" / "model.safetensors").is_file()
+    with pytest.raises(ValueError, match="distill='soft' needs a teacher"):
+        config(tmp_path, distill="soft")
+
+
+def _train_cmd(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "vitkit", "train", "--model", "vit_pico_patch4_32", "--data", "synthetic:256",
+            "--output", str(out), "--epochs", "3", "--batch-size", "32", "--lr", "2e-3", "--drop-path", "0",
+            "--set", "model_kwargs={embed_dim: 32, depth: 2, num_heads: 2}", "--set", "warmup_epochs=1",
+            "--quiet", *extra]
+
+
+def _env(threads: int = 1) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": str(threads)}
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    reference = tmp_path / "uninterrupted"
+    subprocess.run(_train_cmd(reference), check=True, env=_env(), capture_output=True)
+
+    resumed = tmp_path / "resumed"
+    proc = subprocess.Popen(_train_cmd(resumed, "--ckpt-every", "3"), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list((resumed / "checkpoints").glob("step-*.pt")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (resumed / "final").exists(), "the run finished before it could be killed"
+    killed_at = sorted((resumed / "checkpoints").glob("step-*.pt"))[-1].name
+    assert killed_at != "step-00000024.pt"  # 3 epochs x 8 steps: killed mid-run
+    subprocess.run(_train_cmd(resumed, "--ckpt-every", "3", "--resume"), check=True, env=_env(), capture_output=True)
+
+    want = load_file(reference / "final" / "model.safetensors")
+    got = load_file(resumed / "final" / "model.safetensors")
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], atol=1e-6, rtol=1e-5)
+
+
+def test_two_processes_match_one(tmp_path):
+    one = tmp_path / "one"
+    subprocess.run(_train_cmd(one, "--set", "auto_augment=null", "--set", "epochs=1"), check=True, env=_env(2),
+                   capture_output=True)
+    two = tmp_path / "two"
+    result = subprocess.run(_train_cmd(two, "--set", "auto_augment=null", "--set", "epochs=1", "--nproc", "2"),
+                            env=_env(1), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    want = load_file(one / "final" / "model.safetensors")
+    got = load_file(two / "final" / "model.safetensors")
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=1e-4)
