@@ -22,13 +22,16 @@ def machine_line() -> str:
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int = 7, warmup: int = 2) -> dict[str, list[float]]:
-    """Run each function `warmup` times, then alternate them `repeats` times so drift hits all equally."""
+    """Run each function `warmup` times, then `repeats` rounds, reversing the order every other round
+    (ABBA) so that neither drift nor going first favours one side."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    for round_index in range(repeats):
+        for name in names if round_index % 2 == 0 else reversed(names):
+            fn = fns[name]
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)

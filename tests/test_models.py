@@ -57,7 +57,8 @@ def test_variants_forward_and_api(kwargs):
     x = torch.randn(2, model.config.in_chans, 32, 32)
     feats = model.forward_features(x)
     assert feats.shape == (2, 64 + model.num_prefix_tokens, 32)
-    assert model.num_prefix_tokens == int(model.config.class_token) + int(model.config.distilled) + model.config.reg_tokens
+    c = model.config
+    assert model.num_prefix_tokens == int(c.class_token) + int(c.distilled) + c.reg_tokens
     logits = model.forward_head(feats)
     assert logits.shape == (2, 10)
     assert torch.allclose(model(x), logits)
@@ -77,7 +78,9 @@ def test_forward_intermediates_tokens_and_maps():
     final, maps = model.forward_intermediates(x, indices=[0, -1])
     assert torch.allclose(final, model.forward_features(x), atol=1e-6)
     assert [m.shape for m in maps] == [(2, 32, 8, 8)] * 2
-    tokens = model.forward_intermediates(x, indices=1, output_fmt="NLC", intermediates_only=True, return_prefix_tokens=True)
+    tokens = model.forward_intermediates(
+        x, indices=1, output_fmt="NLC", intermediates_only=True, return_prefix_tokens=True
+    )
     (patches, prefix), = tokens
     assert patches.shape == (2, 64, 32) and prefix.shape == (2, 2, 32)
     # the last block's NLC output, normalised, is the patch part of forward_features
@@ -125,7 +128,7 @@ def test_bad_input_shapes_are_explained():
     model = vitkit.create_model("vit_pico_patch4_32")
     with pytest.raises(ValueError, match=r"expected 3 input channel\(s\), got 1"):
         model(torch.randn(1, 1, 32, 32))
-    with pytest.raises(ValueError, match=r"expected input size 32x32, got 30x30; 30x30 is not divisible by patch size 4"):
+    with pytest.raises(ValueError, match=r"expected input size 32x32, got 30x30; 30x30 is not divisible by patch size"):
         model(torch.randn(1, 3, 30, 30))
     with pytest.raises(ValueError, match="img_size 30 is not divisible by patch_size 4"):
         vitkit.create_model("vit_pico_patch4_32", img_size=30)

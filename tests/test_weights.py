@@ -83,7 +83,8 @@ def test_truncated_weights_file_is_a_clear_error(fixtures_dir, tmp_path, suffix)
     save_file(state_dict, good) if suffix == ".safetensors" else torch.save(state_dict, good)
     bad = tmp_path / f"bad{suffix}"
     bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(vitkit.CorruptCheckpointError, match=r"bad\.(safetensors|pth) is not a readable .*truncated or corrupt"):
+    unreadable = r"bad\.(safetensors|pth) is not a readable .*truncated or corrupt"
+    with pytest.raises(vitkit.CorruptCheckpointError, match=unreadable):
         vitkit.create_model("vit_pico_patch4_32", checkpoint=str(bad))
     with pytest.raises(ValueError, match=r"unknown weights format '\.txt'"):
         (tmp_path / "w.txt").write_text("x")

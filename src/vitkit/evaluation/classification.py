@@ -85,7 +85,8 @@ def save_confusion_png(report: ClassificationReport, path: str | Path, cell: int
             x0, y0 = label_w + j * cell, top + i * cell
             draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=(shade, shade, 255), outline=(200, 200, 200))
             if report.confusion[i, j]:
-                draw.text((x0 + 3, y0 + cell // 3), str(report.confusion[i, j]), fill="black" if shade > 120 else "white")
+                ink = "black" if shade > 120 else "white"
+                draw.text((x0 + 3, y0 + cell // 3), str(report.confusion[i, j]), fill=ink)
     for j, name in enumerate(report.class_names):
         label = Image.new("RGB", (label_w - 4, 14), "white")
         ImageDraw.Draw(label).text((0, 0), name[:20], fill="black")

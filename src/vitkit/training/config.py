@@ -84,7 +84,8 @@ class TrainConfig:
         valid = [f.name for f in dataclasses.fields(cls)]
         unknown = [k for k in data if k not in valid]
         if unknown:
-            hints = [f"{k} (did you mean {', '.join(difflib.get_close_matches(k, valid, n=2)) or '?'})" for k in unknown]
+            close = {k: ", ".join(difflib.get_close_matches(k, valid, n=2)) or "?" for k in unknown}
+            hints = [f"{k} (did you mean {c})" for k, c in close.items()]
             raise ValueError(f"unknown training option(s): {', '.join(hints)}")
         return cls(**data)
 

@@ -321,6 +321,8 @@ def _check_writable(out: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
             pass
     except OSError as err:
-        raise PermissionError(f"output directory {out} is not writable ({err.strerror}); choose another with --output") from err
+        raise PermissionError(
+            f"output directory {out} is not writable ({err.strerror}); choose another with --output"
+        ) from err
     if not os.access(out, os.W_OK):
         raise PermissionError(f"output directory {out} is not writable; choose another with --output")

@@ -28,11 +28,15 @@ def read_state_dict(path: str | os.PathLike, prefer_ema: bool = False) -> dict[s
         try:
             return load_file(path)
         except (SafetensorError, OSError, RuntimeError) as err:
-            raise CorruptCheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from err
+            raise CorruptCheckpointError(
+                f"{path} is not a readable safetensors file (truncated or corrupt?): {err}"
+            ) from err
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for damaged zips and pickles
-        raise CorruptCheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {err}") from err
+        raise CorruptCheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {err}"
+        ) from err
     return unwrap_state_dict(obj, path, prefer_ema)
 
 
@@ -41,7 +45,9 @@ def unwrap_state_dict(obj, path, prefer_ema: bool = False) -> dict[str, torch.Te
     while isinstance(obj, dict) and not _is_state_dict(obj):
         nested = next((k for k in keys if k in obj and isinstance(obj[k], dict)), None)
         if nested is None:
-            raise CorruptCheckpointError(f"{path} holds a dict without model weights; top-level keys: {sorted(obj)[:10]}")
+            raise CorruptCheckpointError(
+                f"{path} holds a dict without model weights; top-level keys: {sorted(obj)[:10]}"
+            )
         obj = obj[nested]
     if not isinstance(obj, dict):
         raise CorruptCheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..models import build_model, config_from_dict, config_to_dict
-from .hf import config_from_hf, is_hf_directory, is_hf_state_dict, read_hf_directory, convert_hf_state_dict
+from .hf import config_from_hf, convert_hf_state_dict, is_hf_directory, is_hf_state_dict, read_hf_directory
 from .io import atomic_write_text, read_state_dict, save_safetensors
 
 FORMAT_VERSION = 1
