@@ -117,11 +117,12 @@ def _contrast(x: Tensor, m: Tensor) -> Tensor:
 
 
 def _sharpness(x: Tensor, m: Tensor) -> Tensor:
-    # PIL's smoothing kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 as a 3x3 box sum plus 4x the centre:
-    # avg_pool2d stays fast when the subset size changes, where a depthwise conv2d re-plans per shape
+    # PIL's smoothing kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 as a 3x3 box sum plus 4x the centre, from
+    # shifted views: several times faster on CPU than a depthwise conv2d or avg_pool2d
+    column_sums = x[..., :-2, :] + x[..., 1:-1, :] + x[..., 2:, :]
+    box_sums = column_sums[..., :-2] + column_sums[..., 1:-1] + column_sums[..., 2:]
     blurred = x.clone()  # PIL and torchvision leave the one-pixel border unblurred
-    box_sum = 9 * F.avg_pool2d(x, kernel_size=3, stride=1)
-    blurred[..., 1:-1, 1:-1] = (box_sum + 4 * x[..., 1:-1, 1:-1]) / 13
+    blurred[..., 1:-1, 1:-1] = (box_sums + 4 * x[..., 1:-1, 1:-1]) / 13
     return _blend(x, blurred, 1 + m)
 
 
@@ -196,7 +197,8 @@ def _apply_random_op(
     magnitude = torch.where(signed & negate, -1.0, 1.0) * top_magnitude * levels
 
     height, width = x.shape[-2:]
-    out, maps, warped = x.clone(), _identity_maps(len(x)), torch.zeros(len(x), dtype=torch.bool)
+    # every row of `out` is written below: by its pixel op, or by the one warp shared by all geometric ops
+    out, maps, warped = torch.empty_like(x), _identity_maps(len(x)), torch.zeros(len(x), dtype=torch.bool)
     for k, name in enumerate(names):
         rows = (op_index == k).nonzero()[:, 0]
         if len(rows) == 0:

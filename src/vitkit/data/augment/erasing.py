@@ -5,6 +5,8 @@ import math
 import torch
 from torch import Tensor
 
+from .geometry import random_offsets
+
 ERASE_ATTEMPTS = 10  # timm tries this often to fit a box, then leaves the image alone
 ERASE_MODES = ("pixel", "rand", "const")
 
@@ -29,8 +31,7 @@ def _sample_erase_mask(
     fits = (h < height) & (w < width)
     first_fit = fits.float().argmax(dim=1, keepdim=True)
     h, w, erase = h.gather(1, first_fit), w.gather(1, first_fit), erase & fits.any(dim=1)
-    top = (torch.rand(batch, 1, generator=generator) * (height - h + 1)).floor()
-    left = (torch.rand(batch, 1, generator=generator) * (width - w + 1)).floor()
+    top, left = random_offsets(height - h, generator), random_offsets(width - w, generator)
     rows, cols = torch.arange(height), torch.arange(width)
     in_rows = (rows >= top) & (rows < top + h)
     in_cols = (cols >= left) & (cols < left + w)

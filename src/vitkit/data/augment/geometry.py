@@ -20,11 +20,20 @@ def _pixel_to_grid(height: int, width: int) -> Tensor:
     return torch.tensor([[2 / width, 0, -1], [0, 2 / height, -1], [0, 0, 1]])
 
 
+def _affine_grid(theta: Tensor, height: int, width: int) -> Tensor:
+    """F.affine_grid(theta, align_corners=False) for thetas (B, 2, 3), as one broadcast add of a per-column
+    and a per-row term: several times faster on CPU than affine_grid's (B, H*W, 3) @ (B, 3, 2) matmul."""
+    xs = (torch.arange(width, dtype=theta.dtype) * 2 + 1) / width - 1
+    ys = (torch.arange(height, dtype=theta.dtype) * 2 + 1) / height - 1
+    along_x = theta[:, None, :, 0] * xs[None, :, None] + theta[:, None, :, 2]  # (B, W, 2)
+    along_y = theta[:, None, :, 1] * ys[None, :, None]  # (B, H, 2)
+    return along_x[:, None, :, :] + along_y[:, :, None, :]
+
+
 def warp(x: Tensor, inverse_maps: Tensor, size: tuple[int, int], padding_mode: str = "zeros") -> Tensor:
     """Bilinear resample of float images (B, C, H, W) through per-image pixel-space inverse maps (B, 3, 3)."""
-    out_h, out_w = size
-    theta = _pixel_to_grid(*x.shape[-2:]) @ inverse_maps @ torch.linalg.inv(_pixel_to_grid(out_h, out_w))
-    grid = F.affine_grid(theta[:, :2].to(x.dtype), [len(x), x.shape[1], out_h, out_w], align_corners=False)
+    theta = _pixel_to_grid(*x.shape[-2:]) @ inverse_maps @ torch.linalg.inv(_pixel_to_grid(*size))
+    grid = _affine_grid(theta[:, :2].to(x.dtype), *size)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
 
 
@@ -54,11 +63,15 @@ def sample_crop_boxes(
     fallback_h, fallback_w = _centre_fallback_size(height, width, ratio)
     h = torch.where(found, h, fallback_h)
     w = torch.where(found, w, fallback_w)
-    top = (torch.rand(batch, generator=generator) * (height - h + 1)).floor()
-    left = (torch.rand(batch, generator=generator) * (width - w + 1)).floor()
-    top = torch.where(found, top, (height - h) // 2)
-    left = torch.where(found, left, (width - w) // 2)
+    top = torch.where(found, random_offsets(height - h, generator), (height - h) // 2)
+    left = torch.where(found, random_offsets(width - w, generator), (width - w) // 2)
     return torch.stack([top, left, h, w], dim=1)
+
+
+def random_offsets(max_offset: Tensor, generator: torch.Generator) -> Tensor:
+    """Whole numbers drawn uniformly from 0..max_offset (inclusive), elementwise, as floats."""
+    draws = (torch.rand(max_offset.shape, generator=generator) * (max_offset + 1)).floor()
+    return torch.minimum(draws, max_offset)  # a draw just below 1 can round up in float32
 
 
 def _centre_fallback_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[float, float]:
