@@ -63,6 +63,8 @@ class Run:
     step_in_epoch: int = 0
     global_step: int = 0
     best_top1: float = -1.0
+    best_report: object = None  # ClassificationReport of what best/ holds (rank 0)
+    tensorboard: object = None  # SummaryWriter, when tensorboard is installed (rank 0)
 
 
 def train(cfg: TrainConfig, resume: str | bool | None = None) -> dict:
@@ -211,7 +213,7 @@ def _evaluate_and_keep_best(run: Run, row: dict):
         best_name = max(reports, key=lambda n: reports[n].top1)
         report = reports[best_name]
         if report.top1 > run.best_top1:
-            run.best_top1 = report.top1
+            run.best_top1, run.best_report = report.top1, report
             save(candidates[best_name], run.out / "best", metadata=_model_metadata(run, best_name, report))
     barrier(run.dist)
     return report
@@ -265,37 +267,41 @@ def _finish(run: Run, report, elapsed: float) -> dict:
         save(run.model, run.out / "final", metadata=_model_metadata(run, "model", report))
         if run.ema is not None:
             save(run.ema.module, run.out / "final_ema", metadata=_model_metadata(run, "ema", report))
-        best = load(run.out / "best").to(run.device)
-        info = run.test_set.info
-        best_report = evaluate_classifier(best, eval_batches(run.test_set, run.eval_tf), info.num_classes,
-                                          info.class_names)
+        best_report = run.best_report or _evaluate_saved_best(run)
         save_confusion_png(best_report, run.out / "confusion.png")
         atomic_write_text(run.out / "eval.json", json.dumps(best_report.to_dict(), indent=2) + "\n")
         summary.update(report=best_report)
     return summary
 
 
+def _evaluate_saved_best(run: Run):
+    """A run resumed after its last evaluation has no report in memory: evaluate best/ from disk."""
+    best = load(run.out / "best").to(run.device)
+    info = run.test_set.info
+    return evaluate_classifier(best, eval_batches(run.test_set, run.eval_tf), info.num_classes, info.class_names)
+
+
 def _log(run: Run, row: dict) -> None:
     path = run.out / "metrics.jsonl"
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
-    writer = _tensorboard(run)
-    if writer is not None:
+    if run.tensorboard is None:
+        run.tensorboard = _open_tensorboard(run.out)
+    writer = run.tensorboard
+    if writer:
         for key, value in row.items():
             if isinstance(value, int | float) and key != "epoch":
                 writer.add_scalar(key, value, row["epoch"])
         writer.flush()
 
 
-def _tensorboard(run: Run):
-    if not hasattr(run, "_tb"):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            run._tb = SummaryWriter(str(run.out / "tensorboard"))
-        except ImportError:  # tensorboard is optional
-            run._tb = None
-    return run._tb
+def _open_tensorboard(out: Path):
+    """A SummaryWriter, or False when tensorboard is not installed (it is optional)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return False
+    return SummaryWriter(str(out / "tensorboard"))
 
 
 def _load_teacher(cfg: TrainConfig, info, device: torch.device):
