@@ -133,6 +133,7 @@ def cmd_eval(args) -> int:
     from vitkit.data import build_dataset
     from vitkit.evaluation.classification import evaluate_classifier, save_confusion_png
     from vitkit.training.data_stream import eval_batches
+    from vitkit.weights import atomic_write_text
 
     model, meta = _load_for_inference(args.checkpoint)
     dataset = build_dataset(args.data, args.split)
@@ -145,8 +146,6 @@ def cmd_eval(args) -> int:
                                  info.class_names)
     out = Path(args.out or Path(args.checkpoint) / "eval")
     out.mkdir(parents=True, exist_ok=True)
-    from vitkit.weights import atomic_write_text
-
     atomic_write_text(out / "eval.json", json.dumps({"data": args.data, "split": args.split, **report.to_dict()},
                                                     indent=2) + "\n")
     save_confusion_png(report, out / "confusion.png")

@@ -36,15 +36,6 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def broadcast_flag(flag: bool, info: DistInfo) -> bool:
-    """Rank 0's decision, shared (e.g. "stop: the loss is not finite")."""
-    if not info.enabled:
-        return flag
-    t = torch.tensor([int(flag)])
-    dist.broadcast(t, src=0)
-    return bool(t.item())
-
-
 def all_reduce_mean(value: float, info: DistInfo) -> float:
     if not info.enabled:
         return value
