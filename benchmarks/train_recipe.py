@@ -1,6 +1,6 @@
 """Wall time and test top-1 of a training recipe, end to end, as the README's main job runs it.
 
-    python benchmarks/train_recipe.py digits [--threads 2] [--budget-s 180] [--target 0.97]
+    python benchmarks/train_recipe.py digits [--threads 2] [--budget-s 180] [--target 0.97] [--out DIR]
 
 Prints one markdown row for BENCHMARKS.md; exits 1 if the run misses the accuracy target or budget.
 """
@@ -22,9 +22,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--budget-s", type=float, default=180)
     parser.add_argument("--target", type=float, default=0.97)
+    parser.add_argument("--out", help="keep the run here (default: a temporary directory, deleted after)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.out or tmp
         cfg = TrainConfig.from_dict({**load_recipe(args.recipe), "output": out, "progress": False})
         start = time.perf_counter()
         summary = train(cfg)

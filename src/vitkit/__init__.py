@@ -1,5 +1,6 @@
 """vitkit: vision transformers you can build, load from timm / Hugging Face, train, speed up and measure."""
 
+from .efficiency import optimize, parse_spec
 from .evaluation import attention_rollout, capture_attention, count_flops, count_params
 from .models import create_model, list_models
 from .weights import (
@@ -16,5 +17,5 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointMismatchError", "CorruptCheckpointError", "attention_rollout", "capture_attention",
     "count_flops", "count_params", "create_model", "from_timm", "list_models", "load", "load_checkpoint",
-    "save", "__version__",
+    "optimize", "parse_spec", "save", "__version__",
 ]

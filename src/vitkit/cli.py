@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -108,12 +109,12 @@ def _launch_torchrun(nproc: int) -> int:
     return subprocess.call(cmd, env=env)
 
 
-def _load_for_inference(path: str):
+def _load_for_inference(path: str, optimized: bool = True):
     import vitkit
 
     if not Path(path).is_dir():
         raise ValueError(f"{path} is not a model directory; give the best/ or final/ directory a training run wrote")
-    model = vitkit.load(path).eval()
+    model = vitkit.load(path, optimized=optimized).eval()
     meta = getattr(model, "metadata", {}) or {}
     return model, meta
 
@@ -130,12 +131,21 @@ def _eval_transform(model, meta, fallback_mean=None, fallback_std=None):
 def cmd_eval(args) -> int:
     import json
 
+    import vitkit
     from vitkit.data import build_dataset
+    from vitkit.efficiency import parse_spec, spec_to_string
     from vitkit.evaluation.classification import evaluate_classifier, save_confusion_png
     from vitkit.training.data_stream import eval_batches
     from vitkit.weights import atomic_write_text
 
-    model, meta = _load_for_inference(args.checkpoint)
+    items = parse_spec(args.spec) if args.spec else None  # a bad spec fails before anything loads
+    if args.merge_maps and not any(i.name in ("tome", "evit") for i in items or []):
+        raise ValueError("--merge-maps shows token merging: give a --spec with tome (or evit)")
+    # --spec replaces the spec a `vitkit optimize` directory carries, rather than stacking on it
+    model, meta = _load_for_inference(args.checkpoint, optimized=items is None)
+    if items is not None:
+        model = vitkit.optimize(model, items)
+    spec = spec_to_string(items) if items is not None else meta.get("optimize", "none")
     dataset = build_dataset(args.data, args.split)
     info = dataset.info
     if (info.in_chans, info.num_classes) != (model.config.in_chans, model.config.num_classes):
@@ -146,11 +156,86 @@ def cmd_eval(args) -> int:
                                  info.class_names)
     out = Path(args.out or Path(args.checkpoint) / "eval")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "eval.json", json.dumps({"data": args.data, "split": args.split, **report.to_dict()},
+    atomic_write_text(out / "eval.json", json.dumps({"data": args.data, "split": args.split, "spec": spec,
+                                                     **report.to_dict()},
                                                     indent=2) + "\n")
     save_confusion_png(report, out / "confusion.png")
+    written = [out / "eval.json", out / "confusion.png"]
+    if args.merge_maps:
+        written.append(_save_merge_maps(model, dataset, transform, args.merge_maps, out / "merge_maps"))
     print(report.table())
-    print(f"\nwritten: {out / 'eval.json'}, {out / 'confusion.png'}")
+    print(f"\nwritten: {', '.join(map(str, written))}")
+    return 0
+
+
+def _save_merge_maps(model, dataset, transform, count: int, folder: Path) -> Path:
+    from vitkit.efficiency.merge_map import save_merge_map
+
+    if not hasattr(dataset, "images"):
+        raise ValueError("--merge-maps needs an in-memory dataset (digits, fashion-mnist, mnist, cifar)")
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(min(count, len(dataset))):
+        raw = dataset.images[i : i + 1]
+        save_merge_map(model, transform(raw)[0], raw[0].permute(1, 2, 0).numpy(), folder / f"{i:04d}.png")
+    return folder
+
+
+def cmd_optimize(args) -> int:
+    import vitkit
+    from vitkit.efficiency import parse_spec, spec_to_string
+
+    items = parse_spec(args.spec)  # a bad spec fails before the model loads
+    model, meta = _load_for_inference(args.checkpoint, optimized=False)
+    optimized = vitkit.optimize(model, items)
+    c = model.config
+    x = torch.randn(8, c.in_chans, c.img_size, c.img_size)
+    with torch.no_grad():
+        ref, out = model(x), optimized(x).float()
+    agree = (ref.argmax(-1) == out.argmax(-1)).float().mean().item()
+    spec = spec_to_string(items)
+    vitkit.save(model, args.out, metadata={**meta, "optimize": spec})
+    print(f"spec: {spec}")
+    print(f"on 8 random inputs vs the original: max |logit diff| {(ref - out).abs().max().item():.3g}, "
+          f"top-1 agreement {agree * 100:.0f}%")
+    print(f"written: {args.out} (float weights + spec; vitkit.load applies the spec, optimized=False skips it)")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from vitkit.efficiency.onnx_export import OnnxModel, export_onnx, quantize_onnx_int8
+
+    model, meta = _load_for_inference(args.checkpoint, optimized=False)  # ONNX starts from the float model
+    if not args.onnx:
+        raise ValueError("nothing to export: give --onnx OUT.onnx")
+    out = Path(args.onnx)
+    if args.int8:
+        with tempfile.TemporaryDirectory() as tmp:
+            quantize_onnx_int8(export_onnx(model, Path(tmp) / "fp32.onnx"), out)
+    else:
+        export_onnx(model, out)
+    session = OnnxModel(out, model.config)
+    c = model.config
+    print(f"written: {out} ({out.stat().st_size / 1e6:.2f} MB, {'int8' if args.int8 else 'fp32'}, dynamic batch)")
+    for batch in (1, 7):
+        x = torch.randn(batch, c.in_chans, c.img_size, c.img_size)
+        with torch.no_grad():
+            diff = (session(x) - model(x)).abs().max().item()
+        print(f"batch {batch}: max |onnxruntime - pytorch fp32| = {diff:.3g}")
+    if args.data:
+        from vitkit.data import build_dataset
+        from vitkit.training.data_stream import eval_batches
+
+        dataset = build_dataset(args.data, "test")
+        transform = _eval_transform(model, meta, dataset.info.mean, dataset.info.std)
+        same = total = 0
+        worst = 0.0
+        for images, _ in eval_batches(dataset, transform, 256):
+            with torch.no_grad():
+                ref, got = model(images), session(images)
+            same += (ref.argmax(-1) == got.argmax(-1)).sum().item()
+            total += len(images)
+            worst = max(worst, (ref - got).abs().max().item())
+        print(f"{args.data} test ({total} images): top-1 identical for {same}/{total}, max |diff| {worst:.3g}")
     return 0
 
 
@@ -210,7 +295,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", help="where eval.json and confusion.png go (default: CHECKPOINT/eval)")
+    p.add_argument("--spec", help="evaluate the optimized model, e.g. 'tome:r=4,int8' (see vitkit optimize -h)")
+    p.add_argument("--merge-maps", type=int, default=0, metavar="N",
+                   help="with a tome/evit spec: PNGs of which patches merged, for the first N images")
     p.set_defaults(func=cmd_eval)
+
+    from vitkit.efficiency.spec import valid_items_help
+
+    p = sub.add_parser("optimize", help="apply a speed-up spec (tome, evit, bf16, int8, compile) and save",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="spec items (comma-separated; parameters after colons):\n" + valid_items_help())
+    p.add_argument("checkpoint", help="model directory (e.g. runs/fashion_mnist/best)")
+    p.add_argument("--spec", required=True, help="e.g. 'tome:r=4,int8' or 'evit:keep=0.7:blocks=[2,4]'")
+    p.add_argument("--out", required=True, help="directory for the optimized model")
+    p.set_defaults(func=cmd_optimize)
+
+    p = sub.add_parser("export", help="ONNX with dynamic batch (optionally int8), checked in onnxruntime")
+    p.add_argument("checkpoint", help="model directory (e.g. runs/fashion_mnist/best)")
+    p.add_argument("--onnx", help="output .onnx path")
+    p.add_argument("--int8", action="store_true", help="onnxruntime dynamic int8 quantization (head stays float)")
+    p.add_argument("--data", help="also compare top-1 with PyTorch on this dataset's test split")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("predict", help="top-k classes for image files")
     p.add_argument("checkpoint", help="model directory (e.g. runs/digits/best)")
@@ -228,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, PermissionError, TrainingDiverged) as err:
+    except (ValueError, FileNotFoundError, PermissionError, RuntimeError, TrainingDiverged) as err:
         print(f"vitkit {args.command}: error: {err}", file=sys.stderr)
         return 2
 

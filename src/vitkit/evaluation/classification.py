@@ -41,7 +41,7 @@ def evaluate_classifier(model: nn.Module, batches, num_classes: int, class_names
                         amp: bool = False) -> ClassificationReport:
     """`batches` yields (normalised images, integer labels)."""
     model.eval()
-    device = next(model.parameters()).device
+    device = next(model.parameters(), torch.empty(0)).device  # an onnxruntime wrapper has no parameters
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     loss_sum, top5_hits, total = 0.0, 0, 0
     for images, labels in batches:

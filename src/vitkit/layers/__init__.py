@@ -2,6 +2,7 @@
 
 from .attention import Attention
 from .block import Block
+from .conv_stem import ConvStem
 from .drop_path import DropPath, drop_path
 from .layer_scale import LayerScale
 from .mlp import Mlp
@@ -10,6 +11,6 @@ from .pooling import POOL_TYPES, pool_tokens
 from .pos_embed import resample_abs_pos_embed
 
 __all__ = [
-    "Attention", "Block", "DropPath", "drop_path", "LayerScale", "Mlp", "PatchEmbed",
+    "Attention", "Block", "ConvStem", "DropPath", "drop_path", "LayerScale", "Mlp", "PatchEmbed",
     "POOL_TYPES", "pool_tokens", "resample_abs_pos_embed",
 ]

@@ -40,7 +40,12 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
         """`attn_bias` is added to the attention logits (e.g. ToMe's log token sizes)."""
-        q, k, v = self.project_qkv(x)
+        return self.attend(*self.project_qkv(x), attn_bias)
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The second half of `forward`, for callers that also need q or k (token merging, pruning)."""
         if attn_bias is not None:
             attn_bias = attn_bias.to(q.dtype)
         x = F.scaled_dot_product_attention(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..layers import POOL_TYPES, Block, PatchEmbed, pool_tokens, resample_abs_pos_embed
+from ..layers import POOL_TYPES, Block, ConvStem, PatchEmbed, pool_tokens, resample_abs_pos_embed
 
 ACT_LAYERS = {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU, "silu": nn.SiLU}
 
@@ -20,6 +20,8 @@ class ViTConfig:
     img_size: int = 224
     patch_size: int = 16
     in_chans: int = 3
+    conv_stem: tuple[int, ...] = ()  # channels of 3x3 conv stages replacing the patch projection
+    conv_stem_strides: tuple[int, ...] = ()  # 1 or 2 per stage; default all 2
     num_classes: int = 1000
     global_pool: str = "token"
     embed_dim: int = 768
@@ -46,6 +48,10 @@ class ViTConfig:
     drop_path_rate: float = 0.0
 
     def __post_init__(self):
+        self.conv_stem = tuple(int(c) for c in self.conv_stem)
+        self.conv_stem_strides = tuple(int(s) for s in self.conv_stem_strides) or (2,) * len(self.conv_stem)
+        if self.conv_stem:
+            self.patch_size = 2 ** self.conv_stem_strides.count(2)  # the stem's total stride; odd sizes round up
         if self.global_pool not in POOL_TYPES:
             raise ValueError(f"global_pool={self.global_pool!r} is not one of {POOL_TYPES}")
         if self.global_pool == "token" and not self.class_token:
@@ -57,7 +63,7 @@ class ViTConfig:
         for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.img_size % self.patch_size:
+        if self.img_size % self.patch_size and not self.conv_stem:
             raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
@@ -77,8 +83,12 @@ class VisionTransformer(nn.Module):
         self.num_prefix_tokens = int(c.class_token) + int(c.distilled) + c.reg_tokens
         self.no_embed_class = c.no_embed_class
         self.distilled_training = False  # distilled models return (cls, dist) logits while this is set
+        self.token_state = None  # set by token merging / pruning (vitkit.efficiency); reset in embed()
 
-        self.patch_embed = PatchEmbed(c.img_size, c.patch_size, c.in_chans, c.embed_dim, bias=not c.pre_norm)
+        self.patch_embed = (
+            ConvStem(c.img_size, c.in_chans, c.embed_dim, c.conv_stem, c.conv_stem_strides) if c.conv_stem
+            else PatchEmbed(c.img_size, c.patch_size, c.in_chans, c.embed_dim, bias=not c.pre_norm)
+        )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim)) if c.class_token else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim)) if c.distilled else None
         self.reg_token = nn.Parameter(torch.zeros(1, c.reg_tokens, c.embed_dim)) if c.reg_tokens else None
@@ -138,6 +148,9 @@ class VisionTransformer(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) to the token sequence the first block sees."""
+        x = x.to(self.pos_embed.dtype)  # float32 images into a bf16 model
+        if self.token_state is not None:
+            self.token_state.reset()
         return self.norm_pre(self._pos_embed(self.patch_embed(x)))
 
     # ----- timm's model API ------------------------------------------------------------------
@@ -194,6 +207,11 @@ class VisionTransformer(nn.Module):
         prefix = [y[:, : self.num_prefix_tokens] for y in intermediates]
         intermediates = [y[:, self.num_prefix_tokens :] for y in intermediates]
         if output_fmt == "NCHW":
+            if any(y.shape[1] != grid * grid for y in intermediates):
+                raise ValueError(
+                    "token merging/pruning left fewer tokens than the patch grid, so they cannot be laid out "
+                    "as NCHW maps; use output_fmt='NLC'"
+                )
             intermediates = [y.reshape(B, grid, grid, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
         if return_prefix_tokens:
             intermediates = list(zip(intermediates, prefix, strict=True))
@@ -247,7 +265,8 @@ class VisionTransformer(nn.Module):
             state_dict["pos_embed"] = resample_abs_pos_embed(pos, self.patch_embed.grid_size, prefix_in_pos)
         proj = state_dict.get("patch_embed.proj.weight")
         want = self.patch_embed.proj.weight
-        if proj is not None and proj.ndim == 4 and proj.shape[1] != want.shape[1] and proj.shape[2:] == want.shape[2:]:
+        channels_differ = proj is not None and proj.ndim == 4 and proj.shape[1] != want.shape[1]
+        if isinstance(self.patch_embed, PatchEmbed) and channels_differ and proj.shape[2:] == want.shape[2:]:
             state_dict["patch_embed.proj.weight"] = adapt_input_channels(proj, want.shape[1])
         return state_dict
 

@@ -17,11 +17,14 @@ for size, (dim, depth, heads) in IMAGENET_SIZES.items():
         register_model(f"deit_{size}_distilled_patch16_224", "vit", **shape, distilled=True)
 
 # Small images: 28x28 gray (MNIST family) and 32x32 RGB (CIFAR), 10 classes, patch 4 (7x7 / 8x8 grids),
-# and 8x8 gray (scikit-learn digits) with patch 2.
+# and 8x8 gray (scikit-learn digits) with patch 2. `convstem` models replace the patch projection with
+# three stride-2 3x3 convolutions (28 -> 4x4 grid, 32 -> 4x4): 16 tokens that see local structure.
 SMALL_SIZES = {"pico": (64, 4, 2), "nano": (128, 6, 4), "micro": (192, 8, 3), "tiny": (192, 12, 3)}
 for size, (dim, depth, heads) in SMALL_SIZES.items():
     shape = dict(embed_dim=dim, depth=depth, num_heads=heads, num_classes=10)
     register_model(f"vit_{size}_patch4_28", "vit", **shape, patch_size=4, img_size=28, in_chans=1)
     register_model(f"vit_{size}_patch4_32", "vit", **shape, patch_size=4, img_size=32, in_chans=3)
     register_model(f"deit_{size}_distilled_patch4_32", "vit", **shape, patch_size=4, img_size=32, distilled=True)
+    register_model(f"vit_{size}_convstem_28", "vit", **shape, conv_stem=(32, 64, 128), img_size=28, in_chans=1)
+    register_model(f"vit_{size}_convstem_32", "vit", **shape, conv_stem=(32, 64, 128), img_size=32, in_chans=3)
     register_model(f"vit_{size}_patch2_8", "vit", **shape, patch_size=2, img_size=8, in_chans=1)

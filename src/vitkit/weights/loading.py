@@ -93,9 +93,13 @@ def save(model: nn.Module, directory: str | os.PathLike, metadata: dict[str, Any
     return directory
 
 
-def load(directory: str | os.PathLike, strict: bool = True, **overrides) -> nn.Module:
+def load(directory: str | os.PathLike, strict: bool = True, optimized: bool = True, **overrides) -> nn.Module:
     """Rebuild a model saved by `save` (or a Hugging Face ViT/DeiT directory); `overrides` change the
-    config, e.g. img_size=384 resamples the position embedding."""
+    config, e.g. img_size=384 resamples the position embedding.
+
+    A directory written by `vitkit optimize` holds the float weights and the spec; the spec is applied
+    on load unless `optimized=False`.
+    """
     directory = Path(directory)
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"{directory} has no config.json; expected a directory written by vitkit.save")
@@ -113,4 +117,10 @@ def load(directory: str | os.PathLike, strict: bool = True, **overrides) -> nn.M
     model = build_model(config)
     load_state_dict(model, state_dict, strict=strict, source=str(directory))
     model.model_name, model.metadata = name, metadata
+    spec = (metadata or {}).get("optimize")
+    if spec and optimized:
+        from ..efficiency import optimize
+
+        model = optimize(model.eval(), spec)
+        model.model_name, model.metadata = name, metadata
     return model

@@ -1,0 +1,134 @@
+"""Speed (and accuracy, given a checkpoint) of every optimization spec, as ratios to fp32 eager.
+
+    python benchmarks/optimize_vit.py                       # ViT-S/16 at 224, batch 32, random weights
+    python benchmarks/optimize_vit.py --checkpoint runs/fashion_mnist/best --data fashion-mnist \\
+        --batch 256 --specs "none,tome:r=2,int8,..."
+
+All variants run in this one process on the same input, warmed up, interleaved (the order reverses
+every round), median of --repeats; throughput ratios are against `none` (fp32 eager) from the same
+rounds. Besides `vitkit.optimize` specs, `onnx` and `onnx-int8` run the exported model in
+onnxruntime. Prints JSON and a markdown table for BENCHMARKS.md.
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+import vitkit
+from common import machine_line, summary, time_interleaved
+from vitkit.efficiency.onnx_export import OnnxModel, export_onnx, quantize_onnx_int8
+
+VIT_S_SPECS = [
+    "none", "bf16", "int8", "compile", "onnx", "onnx-int8", "tome:r=13", "tome:r=13:schedule=decreasing",
+    "evit:keep=0.7", "tome:r=13,int8", "tome:r=13,compile", "tome:r=13,bf16", "evit:keep=0.7,tome:r=8,int8",
+]
+
+
+def build(model, spec: str, example: torch.Tensor, tmp: Path):
+    if spec in ("onnx", "onnx-int8"):
+        path = export_onnx(model, tmp / "model.onnx")
+        if spec == "onnx-int8":
+            path = quantize_onnx_int8(path, tmp / "model-int8.onnx")
+        return OnnxModel(path, model.config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. the no-native-bf16 note; the numbers speak
+        return vitkit.optimize(model, spec, example=example[:2])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="vit_small_patch16_224")
+    parser.add_argument("--checkpoint", help="a trained model directory; with --data also measures accuracy")
+    parser.add_argument("--data", help="dataset for accuracy (test split)")
+    parser.add_argument("--specs", default=",".join(VIT_S_SPECS).replace(",", ";"),
+                        help="variants separated by ';' (each a spec such as 'tome:r=13,int8'), plus onnx, onnx-int8")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    model = (vitkit.load(args.checkpoint, optimized=False) if args.checkpoint else vitkit.create_model(args.model))
+    model = model.eval()
+    c = model.config
+    x = torch.randn(args.batch, c.in_chans, c.img_size, c.img_size)
+    specs = [s.strip() for s in args.specs.split(";") if s.strip()]
+    if specs[0] != "none":
+        specs.insert(0, "none")
+
+    variants, results = {}, {}
+    with tempfile.TemporaryDirectory() as tmp_root:
+        for i, spec in enumerate(specs):
+            start = time.perf_counter()
+            try:
+                variants[spec] = build(model, spec, x, Path(tmp_root) / str(i))
+                results[spec] = {"build_s": time.perf_counter() - start}
+            except Exception as err:  # noqa: BLE001 - a variant that cannot be built is reported, not fatal
+                results[spec] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
+            print(f"built {spec}: {results[spec]}", file=sys.stderr, flush=True)
+
+        with torch.inference_mode():
+            ref = model(x)
+            for spec, module in variants.items():
+                out = module(x).float()
+                results[spec]["max_abs_logit_diff"] = (out - ref).abs().max().item()
+                results[spec]["top1_agreement_random"] = (out.argmax(-1) == ref.argmax(-1)).float().mean().item()
+            times = time_interleaved({s: (lambda m=m: m(x)) for s, m in variants.items()}, repeats=args.repeats,
+                                     warmup=2)
+        base = summary(times["none"], args.batch)["img_per_s"]
+        for spec, t in times.items():
+            results[spec].update(summary(t, args.batch))
+            results[spec]["ratio"] = results[spec]["img_per_s"] / base
+
+        if args.checkpoint and args.data:
+            from vitkit.data import build_dataset
+            from vitkit.data.transforms import eval_transform
+            from vitkit.evaluation.classification import evaluate_classifier
+            from vitkit.training.data_stream import eval_batches
+
+            dataset = build_dataset(args.data, "test")
+            meta = model.metadata or {}
+            mean, std = meta.get("mean") or dataset.info.mean, meta.get("std") or dataset.info.std
+
+            def transform(images):
+                return eval_transform(images, c.img_size, meta.get("crop_pct", 1.0), mean, std)
+
+            for spec, module in variants.items():
+                with torch.inference_mode():
+                    report = evaluate_classifier(module, eval_batches(dataset, transform, args.batch),
+                                                 dataset.info.num_classes)
+                results[spec]["top1"] = report.top1
+                print(f"accuracy {spec}: {report.top1:.4f}", file=sys.stderr, flush=True)
+
+    name = args.checkpoint or args.model
+    print(json.dumps({"model": name, "batch": args.batch, "machine": machine_line(), "results": results}, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": name, "batch": args.batch, "results": results}, indent=2))
+    print(f"\nmachine: {machine_line()}\nmodel: {name}, batch {args.batch}, median of {args.repeats}\n")
+    has_acc = any("top1" in r for r in results.values())
+    header = "| spec | img/s (min-max) | vs fp32 | max abs logit diff |"
+    print(header + (" test top-1 | drop (pt) |" if has_acc else ""))
+    print("|---|---|---|---|" + ("---|---|" if has_acc else ""))
+    base_top1 = results["none"].get("top1")
+    for spec, r in results.items():
+        if "error" in r:
+            print(f"| {spec} | failed: {r['error']} | | |" + (" | |" if has_acc else ""))
+            continue
+        row = (f"| {spec} | {r['img_per_s']:.1f} ({args.batch / r['max_s']:.1f}-{args.batch / r['min_s']:.1f}) | "
+               f"**{r['ratio']:.2f}x** | {r['max_abs_logit_diff']:.2g} |")
+        if has_acc:
+            row += f" {r['top1'] * 100:.2f}% | {(base_top1 - r['top1']) * 100:+.2f} |"
+        print(row)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
