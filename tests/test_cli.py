@@ -81,3 +81,22 @@ def test_train_cli_rejects_bad_set_and_unknown_option(capsys):
 def test_module_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "vitkit", "list", "deit_tiny*"], capture_output=True, text=True)
     assert result.returncode == 0 and "deit_tiny_distilled_patch16_224" in result.stdout
+
+
+def test_train_on_a_folder_dataset_with_worker_processes(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for name, level in (("dark", 40), ("light", 215)):
+            folder = tmp_path / "data" / split / name
+            folder.mkdir(parents=True)
+            for i in range(12):
+                pixels = np.clip(rng.normal(level, 20, (20, 20, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    out = tmp_path / "run"
+    code = main(["train", "--model", "vit_pico_patch4_32", "--data", f"folder:{tmp_path / 'data'}", "--workers", "2",
+                 "--epochs", "3", "--batch-size", "8", "--output", str(out), "--quiet", "--set", "lr=3e-3",
+                 "--set", "eval_every=3"])
+    assert code == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["num_samples"] == 24 and report["top1"] >= 0.9  # dark vs light is easy
+    assert (out / "best" / "model.safetensors").is_file()

@@ -63,7 +63,13 @@ def _parse_set(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--set expects key=value, got {item!r}")
-        values[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):
+            try:  # YAML 1.1 reads "3e-3" (no dot) as a string
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        values[key.strip().replace("-", "_")] = parsed
     return values
 
 
