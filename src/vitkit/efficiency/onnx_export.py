@@ -4,12 +4,13 @@ Needs the `onnx` extra (onnx, onnxscript, onnxruntime): `pip install vitkit[onnx
 """
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..weights.io import atomic_write
 
 
 def _require_onnx():
@@ -22,13 +23,6 @@ def _require_onnx():
                            "install them with: pip install 'vitkit[onnx]'") from None
 
 
-def _atomic_target(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 20) -> Path:
     """Write `model` (float32, eval) as ONNX with inputs `images` (batch, C, H, W) and outputs `logits`."""
     _require_onnx()
@@ -37,23 +31,21 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 20) -> P
     if reduces_tokens(model):
         raise ValueError("export the model without tome/evit: ONNX graphs of data-dependent token selection "
                          "are not supported by vitkit yet")
-    path = Path(path)
     c = model.config
     model = model.eval()
     example = torch.randn(2, c.in_chans, c.img_size, c.img_size)
-    tmp = _atomic_target(path)
-    try:
+
+    def write(tmp: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                model, (example,), str(tmp), input_names=["images"], output_names=["logits"],
+                model, (example,), tmp, input_names=["images"], output_names=["logits"],
                 dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, opset_version=opset, dynamo=True,
                 verbose=False, external_data=False,
             )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+
+    atomic_write(path, write)
+    return Path(path)
 
 
 def quantize_onnx_int8(src: str | os.PathLike, dst: str | os.PathLike, keep_head_float: bool = True) -> Path:
@@ -70,16 +62,14 @@ def quantize_onnx_int8(src: str | os.PathLike, dst: str | os.PathLike, keep_head
     # The exporter's intermediate shape annotations trip the quantizer's own shape inference; it
     # re-infers them anyway.
     del graph.value_info[:]
-    dst = Path(dst)
-    tmp = _atomic_target(dst)
-    try:
-        onnx.save(proto, str(tmp))
-        quantize_dynamic(str(tmp), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+
+    def write(tmp: str) -> None:
+        onnx.save(proto, tmp)
+        quantize_dynamic(tmp, tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
                          nodes_to_exclude=exclude)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dst
+
+    atomic_write(dst, write)
+    return Path(dst)
 
 
 class OnnxModel(nn.Module):
