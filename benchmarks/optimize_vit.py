@@ -90,16 +90,12 @@ def main() -> int:
 
         if args.checkpoint and args.data:
             from vitkit.data import build_dataset
-            from vitkit.data.transforms import eval_transform
+            from vitkit.data.transforms import saved_model_eval_transform
             from vitkit.evaluation.classification import evaluate_classifier
             from vitkit.training.data_stream import eval_batches
 
             dataset = build_dataset(args.data, "test")
-            meta = model.metadata or {}
-            mean, std = meta.get("mean") or dataset.info.mean, meta.get("std") or dataset.info.std
-
-            def transform(images):
-                return eval_transform(images, c.img_size, meta.get("crop_pct", 1.0), mean, std)
+            transform = saved_model_eval_transform(c, model.metadata or {}, dataset.info.mean, dataset.info.std)
 
             for spec, module in variants.items():
                 with torch.inference_mode():

@@ -126,12 +126,9 @@ def _load_for_inference(path: str, optimized: bool = True):
 
 
 def _eval_transform(model, meta, fallback_mean=None, fallback_std=None):
-    from vitkit.data.transforms import eval_transform
+    from vitkit.data.transforms import saved_model_eval_transform
 
-    c = model.config
-    mean = meta.get("mean") or fallback_mean or (0.5,) * c.in_chans
-    std = meta.get("std") or fallback_std or (0.5,) * c.in_chans
-    return lambda images: eval_transform(images, c.img_size, meta.get("crop_pct", 1.0), mean, std)
+    return saved_model_eval_transform(model.config, meta, fallback_mean, fallback_std)
 
 
 def cmd_eval(args) -> int:

@@ -123,6 +123,14 @@ def eval_transform(
     return normalize(center_crop(resized, size), mean, std)
 
 
+def saved_model_eval_transform(config, meta: dict, fallback_mean=None, fallback_std=None):
+    """The eval transform a saved model was trained with: its config's size, and the mean, std and
+    crop_pct its training run recorded in the metadata (else the fallbacks, else 0.5)."""
+    mean = meta.get("mean") or fallback_mean or (0.5,) * config.in_chans
+    std = meta.get("std") or fallback_std or (0.5,) * config.in_chans
+    return lambda images: eval_transform(images, config.img_size, meta.get("crop_pct", 1.0), mean, std)
+
+
 class EvalTransform:
     """uint8 images (B, C, H, W) -> normalized float32 images (B, C, img_size, img_size)."""
 
