@@ -7,7 +7,7 @@ from torch import nn
 
 from .compile import compile_model
 from .precision import quantize_int8, to_bf16
-from .reducer import apply_evit, apply_tome
+from .reducer import apply_evit, apply_tome, is_plain_vit
 from .spec import SpecItem, parse_spec
 
 # Token reduction changes the graph, precision changes the weights, compile sees the final model.
@@ -41,8 +41,7 @@ def optimize(model: nn.Module, spec: "str | list[SpecItem] | None", example: tor
 def check_model_takes(model: nn.Module, items: list[SpecItem]) -> None:
     """Refuse, with the reason, a spec item this kind of model cannot take."""
     token_items = [i.name for i in items if i.name in ("tome", "evit")]
-    plain_vit = hasattr(model, "blocks") and hasattr(model, "num_prefix_tokens") and hasattr(model, "patch_embed")
-    if token_items and not plain_vit:
+    if token_items and not is_plain_vit(model):
         raise ValueError(
             f"{'/'.join(token_items)} needs a plain ViT whose blocks all see one token sequence; "
             f"{type(model).__name__} is not one (hierarchical models change the token grid between stages)"

@@ -47,13 +47,18 @@ def token_state(model: nn.Module) -> TokenState:
     """The model's token state, created on first use."""
     state = getattr(model, "token_state", None)
     if state is None:
-        if not hasattr(model, "patch_embed") or not hasattr(model, "num_prefix_tokens"):
+        if not is_plain_vit(model):
             raise TypeError(
                 f"token reduction needs a plain ViT (patch embedding + token sequence); {type(model).__name__} "
                 "is not one"
             )
         state = model.token_state = TokenState(model.num_prefix_tokens)  # the model's embed() resets it
     return state
+
+
+def is_plain_vit(model: nn.Module) -> bool:
+    """One token sequence through every block: what token merging and pruning need."""
+    return all(hasattr(model, name) for name in ("blocks", "num_prefix_tokens", "patch_embed"))
 
 
 def reduces_tokens(model: nn.Module) -> bool:
