@@ -71,6 +71,13 @@ def test_int8_refuses_models_it_cannot_run():
         vitkit.optimize(bf16, "int8")
 
 
+def test_int8_without_a_quantized_backend_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(type(torch.backends.quantized), "supported_engines", property(lambda self: ["none"]))
+    model = vitkit.create_model("vit_pico_patch4_28").eval()
+    with pytest.raises(RuntimeError, match=r"int8 needs a quantized backend .*this torch has \['none'\]"):
+        vitkit.optimize(model, "int8")
+
+
 def test_bf16_takes_float_input_and_warns_without_native_support():
     model = vitkit.create_model("vit_pico_patch4_28").eval()
     with warnings.catch_warnings(record=True) as caught:
