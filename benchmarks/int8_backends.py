@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import vitkit
-from common import machine_line, summary, time_interleaved
+from vitkit.bench.timing import machine_line, summary, time_interleaved
 from vitkit.efficiency.onnx_export import OnnxModel, export_onnx, quantize_onnx_int8
 
 

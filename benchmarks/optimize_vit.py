@@ -15,30 +15,18 @@ import json
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 import vitkit
-from common import machine_line, summary, time_interleaved
-from vitkit.efficiency.onnx_export import OnnxModel, export_onnx, quantize_onnx_int8
+from vitkit.bench.timing import machine_line, summary, time_interleaved
+from vitkit.bench.variants import build_variant
 
 VIT_S_SPECS = [
     "none", "bf16", "int8", "compile", "onnx", "onnx-int8", "tome:r=13", "tome:r=13:schedule=decreasing",
     "evit:keep=0.7", "tome:r=13,int8", "tome:r=13,compile", "tome:r=13,bf16", "evit:keep=0.7,tome:r=8,int8",
 ]
-
-
-def build(model, spec: str, example: torch.Tensor, tmp: Path):
-    if spec in ("onnx", "onnx-int8"):
-        path = export_onnx(model, tmp / "model.onnx")
-        if spec == "onnx-int8":
-            path = quantize_onnx_int8(path, tmp / "model-int8.onnx")
-        return OnnxModel(path, model.config)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # e.g. the no-native-bf16 note; the numbers speak
-        return vitkit.optimize(model, spec, example=example[:2])
 
 
 def main() -> int:
@@ -69,7 +57,7 @@ def main() -> int:
         for i, spec in enumerate(specs):
             start = time.perf_counter()
             try:
-                variants[spec] = build(model, spec, x, Path(tmp_root) / str(i))
+                variants[spec] = build_variant(model, spec, x, Path(tmp_root) / str(i))
                 results[spec] = {"build_s": time.perf_counter() - start}
             except Exception as err:  # noqa: BLE001 - a variant that cannot be built is reported, not fatal
                 results[spec] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}

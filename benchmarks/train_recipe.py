@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from common import machine_line
+from vitkit.bench.timing import machine_line
 from vitkit.training import TrainConfig, load_recipe, train
 
 

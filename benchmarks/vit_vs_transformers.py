@@ -13,7 +13,7 @@ import tempfile
 import torch
 
 import vitkit
-from common import machine_line, summary, time_interleaved
+from vitkit.bench.timing import machine_line, summary, time_interleaved
 
 
 def hf_vit_small(num_labels: int = 1000):

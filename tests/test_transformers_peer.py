@@ -43,3 +43,29 @@ def test_hf_directory_loads_with_same_outputs(tmp_path, model_cls, config_cls, o
         ).eval()
         torch.testing.assert_close(named(x), reference, atol=1e-4, rtol=0)
         assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (2, 64)
+
+
+@pytest.mark.parametrize("name", ["vit_pico_patch4_32", "deit_pico_distilled_patch4_32"])
+def test_to_transformers_gives_the_peer_with_our_weights(name):
+    from vitkit.weights.hf import to_transformers
+
+    model = vitkit.create_model(name, num_classes=5, act_layer="gelu_tanh").eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    peer = to_transformers(model)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(peer(pixel_values=x).logits, model(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("overrides, named", [
+    ({"global_pool": "avg", "class_token": False}, "global_pool='avg'"),
+    ({"reg_tokens": 4}, "reg_tokens"),
+    ({"init_values": 1e-5}, "layer scale"),
+])
+def test_to_transformers_names_what_has_no_equivalent(overrides, named):
+    from vitkit.weights.hf import hf_config_from
+
+    with pytest.raises(ValueError, match=f"no transformers ViT/DeiT equals this model: it has .*{named}"):
+        hf_config_from(vitkit.create_model("vit_pico_patch4_32", **overrides).config)

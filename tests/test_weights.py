@@ -32,6 +32,21 @@ def test_from_timm_reproduces_timm_outputs(fixtures_dir, name):
     assert (fresh(ref["__input__"]) - ref["__logits__"]).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("name", VIT_FIXTURES)
+def test_timm_arguments_round_trip_for_the_bench_peer(fixtures_dir, name):
+    """`vitkit bench --peers timm` builds timm's model from `timm_kwargs_from`; it must describe the same
+    model timm built the fixture with (timm itself does not import here)."""
+    from vitkit.weights.timm import config_from_timm, timm_kwargs_from
+
+    meta, _, _ = read_fixture(fixtures_dir, name)
+    config = config_from_timm(meta["timm_class"], meta["kwargs"])
+    timm_class, kwargs = timm_kwargs_from(config)
+    assert timm_class == meta["timm_class"]
+    assert config_from_timm(timm_class, kwargs) == config
+    with pytest.raises(ValueError, match="conv stem"):
+        timm_kwargs_from(vitkit.create_model("vit_pico_convstem_28").config)
+
+
 def test_create_model_loads_timm_file_and_resamples(fixtures_dir, tmp_path):
     _, state_dict, ref = read_fixture(fixtures_dir, "vit_p4_32")
     path = tmp_path / "timm.safetensors"

@@ -266,6 +266,22 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    import shlex
+
+    from vitkit.bench import make_plan, run_bench
+
+    plan = make_plan(args.models or [], args.specs, checkpoint=args.checkpoint, data=args.data, peers=args.peers,
+                     batch_sizes=args.batch_sizes, quick=args.quick, threads=args.threads or torch.get_num_threads(),
+                     device=args.device, repeats=args.repeats, eval_limit=args.eval_limit, timeout_s=args.timeout_s,
+                     memory_limit_mb=args.memory_limit_mb)
+    results = run_bench(plan, args.out, progress=not args.quiet,
+                        command=shlex.join(["vitkit", *(args.argv or [])]))
+    failed = len(results["failed"])
+    print(f"{len(results['rows']) - failed} configurations measured, {failed} failed; report: {args.out}/report.html")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitkit", description=__doc__)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -320,6 +336,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="also compare top-1 with PyTorch on this dataset's test split")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("bench", help="accuracy, speed, memory and FLOPs of models x specs, with peers; HTML report",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="Specs are separated by commas; the items of one spec are joined with '+', e.g.\n"
+                              "  --specs none,bf16,tome:r=8,tome:r=8+int8,onnx,onnx-int8\nspec items:\n"
+                              + valid_items_help())
+    p.add_argument("--models", help="registered names and/or saved model directories, comma-separated")
+    p.add_argument("--specs", default="none", help="optimization specs to compare (default: none)")
+    p.add_argument("--checkpoint", help="a trained model directory (also accepted in --models)")
+    p.add_argument("--data", help="dataset whose test split gives the trained models' top-1 and loss")
+    p.add_argument("--peers", help="same weights in other libraries: hf (transformers), timm")
+    p.add_argument("--batch-sizes", help="comma-separated (default 1,32; --quick 1,8)")
+    p.add_argument("--quick", action="store_true", help="CI-sized: fewer repeats, short runs, 1000 eval images")
+    p.add_argument("--repeats", type=int, help="timed runs per configuration (median; default 10, quick 5)")
+    p.add_argument("--eval-limit", type=int, help="evaluate on the first N test images only")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--timeout-s", type=float, help="a configuration's process is stopped and recorded as failed "
+                   "after this long")
+    p.add_argument("--memory-limit-mb", type=int, help="address-space limit per process: past it a configuration "
+                   "fails with out of memory instead of swapping the machine")
+    p.add_argument("--out", required=True, help="report directory (replaced as a whole when the run completes)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=cmd_bench)
+
     p = sub.add_parser("predict", help="top-k classes for image files")
     p.add_argument("checkpoint", help="model directory (e.g. runs/digits/best)")
     p.add_argument("images", nargs="+")
@@ -332,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     from vitkit.training import TrainingDiverged
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

@@ -8,12 +8,13 @@ from .registry import (
     create_model,
     list_models,
     make_config,
+    model_config,
     register_architecture,
     register_model,
 )
 from .vit import VisionTransformer, ViTConfig
 
 __all__ = [
-    "build_model", "config_from_dict", "config_to_dict", "create_model", "list_models", "make_config",
+    "build_model", "config_from_dict", "config_to_dict", "create_model", "list_models", "make_config", "model_config",
     "register_architecture", "register_model", "VisionTransformer", "ViTConfig",
 ]

@@ -66,6 +66,11 @@ def config_from_dict(data: dict[str, Any]):
     return make_config(architecture, **data)
 
 
+def model_config(name: str, **overrides):
+    """A registered model's config (with timm-named overrides), without building the model."""
+    return make_config(model_architecture(name), **{**_MODELS[name][1], **overrides})
+
+
 def create_model(
     name: str,
     *,
@@ -83,10 +88,8 @@ def create_model(
     timm/vitkit-keyed `.safetensors` / `.pth` file. Position embeddings are resampled and
     input channels adapted when the checkpoint was made for another size.
     """
-    architecture = model_architecture(name)
     named = {"num_classes": num_classes, "img_size": img_size, "in_chans": in_chans, "drop_path_rate": drop_path_rate}
-    kwargs = {**_MODELS[name][1], **{k: v for k, v in named.items() if v is not None}, **overrides}
-    model = build_model(make_config(architecture, **kwargs))
+    model = build_model(model_config(name, **{k: v for k, v in named.items() if v is not None}, **overrides))
     model.model_name = name
     if checkpoint is not None:
         from ..weights import load_checkpoint

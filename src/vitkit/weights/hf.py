@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from ..models import make_config
+from ..models.vit import ViTConfig
 
 _HF_ACT = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "relu": "relu", "silu": "silu"}
 _HF_PREFIXES = ("vit.", "deit.")
@@ -81,6 +82,85 @@ def convert_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
             raise ValueError(f"Hugging Face checkpoint: layer {layer} has no attention {sorted(missing)} {kind}")
         out[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
     return out
+
+
+_TO_HF = [
+    (r"^cls_token$", "embeddings.cls_token"),
+    (r"^dist_token$", "embeddings.distillation_token"),
+    (r"^pos_embed$", "embeddings.position_embeddings"),
+    (r"^patch_embed\.proj\.", "embeddings.patch_embeddings.projection."),
+    (r"^blocks\.(\d+)\.norm1\.", r"encoder.layer.\1.layernorm_before."),
+    (r"^blocks\.(\d+)\.norm2\.", r"encoder.layer.\1.layernorm_after."),
+    (r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layer.\1.attention.output.dense."),
+    (r"^blocks\.(\d+)\.mlp\.fc1\.", r"encoder.layer.\1.intermediate.dense."),
+    (r"^blocks\.(\d+)\.mlp\.fc2\.", r"encoder.layer.\1.output.dense."),
+    (r"^norm\.", "layernorm."),
+]
+
+
+def hf_config_from(config) -> dict:
+    """The Hugging Face ViT/DeiT config of a vitkit model, or a ValueError naming what has no equivalent."""
+    c = config
+    if not isinstance(c, ViTConfig):
+        raise ValueError(f"no transformers ViT/DeiT equals a {type(c).__name__} model")
+    unsupported = [name for name, differs in [
+        ("conv_stem", bool(c.conv_stem)), (f"global_pool={c.global_pool!r}", c.global_pool != "token"),
+        ("reg_tokens", c.reg_tokens > 0), ("no_embed_class", c.no_embed_class), ("pre_norm", c.pre_norm),
+        ("final_norm=False", not c.final_norm), ("fc_norm", bool(c.fc_norm)),
+        ("layer scale", c.init_values is not None), ("qk_norm", c.qk_norm),
+    ] if differs]
+    if unsupported:
+        raise ValueError(f"no transformers ViT/DeiT equals this model: it has {', '.join(unsupported)}")
+    return {
+        "model_type": "deit" if c.distilled else "vit",
+        "architectures": ["DeiTForImageClassificationWithTeacher" if c.distilled else "ViTForImageClassification"],
+        "image_size": c.img_size, "patch_size": c.patch_size, "num_channels": c.in_chans,
+        "hidden_size": c.embed_dim, "num_hidden_layers": c.depth, "num_attention_heads": c.num_heads,
+        "intermediate_size": int(c.embed_dim * c.mlp_ratio), "qkv_bias": c.qkv_bias, "layer_norm_eps": c.norm_eps,
+        "hidden_act": {v: k for k, v in _HF_ACT.items() if k != "gelu_new"}[c.act_layer],
+        "id2label": {str(i): str(i) for i in range(c.num_classes)},
+    }
+
+
+def hf_state_dict_from(state_dict: dict[str, torch.Tensor], distilled: bool = False) -> dict[str, torch.Tensor]:
+    """vitkit (= timm) names to Hugging Face's checkpoint names; the inverse of `convert_hf_state_dict`."""
+    prefix = "deit." if distilled else "vit."
+    out = {}
+    for key, value in state_dict.items():
+        m = re.match(r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", key)
+        if m:
+            for part, chunk in zip(("query", "key", "value"), value.chunk(3), strict=True):
+                out[f"{prefix}encoder.layer.{m[1]}.attention.attention.{part}.{m[2]}"] = chunk.contiguous()
+        elif key.startswith("head_dist."):
+            out[key.replace("head_dist.", "distillation_classifier.", 1)] = value
+        elif key.startswith("head."):
+            out[key.replace("head.", "cls_classifier." if distilled else "classifier.", 1)] = value
+        else:
+            for pattern, repl in _TO_HF:
+                key = re.sub(pattern, repl, key)
+            out[prefix + key] = value
+    return out
+
+
+def to_transformers(model) -> torch.nn.Module:
+    """The transformers model equal to a vitkit ViT/DeiT, with its weights, in eval mode.
+
+    Goes through a saved checkpoint so transformers' own loader maps the names, whatever its version.
+    """
+    import tempfile
+
+    import transformers
+    from safetensors.torch import save_file
+
+    hf_config = hf_config_from(model.config)
+    weights = hf_state_dict_from({k: v.detach().cpu() for k, v in model.state_dict().items()},
+                                 model.config.distilled)
+    cls = getattr(transformers, hf_config["architectures"][0])
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "config.json").write_text(json.dumps(hf_config))
+        save_file(weights, str(Path(tmp) / "model.safetensors"))
+        peer = cls.from_pretrained(tmp)
+    return peer.eval()
 
 
 def read_hf_directory(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:

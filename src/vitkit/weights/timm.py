@@ -42,3 +42,34 @@ def from_timm(timm_class: str, kwargs: dict[str, Any], state_dict: dict[str, tor
 
         load_state_dict(model, state_dict, strict=strict, source=f"timm {timm_class} state dict")
     return model
+
+
+def timm_kwargs_from(config) -> tuple[str, dict[str, Any]]:
+    """timm's class name and constructor arguments for a vitkit ViT; the inverse of `config_from_timm`."""
+    from ..models.vit import ViTConfig
+
+    if not isinstance(config, ViTConfig) or config.conv_stem:
+        raise ValueError("no timm VisionTransformer equals this model" + (" (it has a conv stem)" if
+                                                                          getattr(config, "conv_stem", ()) else ""))
+    names = ("img_size", "patch_size", "in_chans", "num_classes", "global_pool", "embed_dim", "depth", "num_heads",
+             "mlp_ratio", "qkv_bias", "qk_norm", "init_values", "class_token", "reg_tokens", "no_embed_class",
+             "pre_norm", "final_norm", "fc_norm")
+    kwargs = {name: getattr(config, name) for name in names}
+    if config.act_layer != "gelu":
+        kwargs["act_layer"] = config.act_layer
+    return ("VisionTransformerDistilled" if config.distilled else "VisionTransformer"), kwargs
+
+
+def to_timm(model) -> nn.Module:
+    """The timm model equal to a vitkit ViT/DeiT, with its weights (the names are the same), in eval mode.
+    Raises ImportError when timm does not import (it needs torchvision)."""
+    from functools import partial
+
+    import timm.models.deit
+    import timm.models.vision_transformer
+
+    class_name, kwargs = timm_kwargs_from(model.config)
+    module = timm.models.deit if class_name == "VisionTransformerDistilled" else timm.models.vision_transformer
+    peer = getattr(module, class_name)(**kwargs, norm_layer=partial(nn.LayerNorm, eps=model.config.norm_eps))
+    peer.load_state_dict(model.state_dict())
+    return peer.eval()

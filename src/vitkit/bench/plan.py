@@ -1,0 +1,158 @@
+"""What a `vitkit bench` run will measure, checked in full before anything runs."""
+
+import dataclasses
+import os
+from pathlib import Path
+
+from ..models import model_config
+from .variants import PEERS, RUNTIMES, canonical_variant
+
+
+@dataclasses.dataclass
+class ModelEntry:
+    name: str  # as shown in reports
+    source: str  # registry name, or absolute path of a saved model directory
+    is_checkpoint: bool
+    img_size: int
+    in_chans: int
+    num_classes: int
+
+
+@dataclasses.dataclass
+class BenchPlan:
+    models: list[ModelEntry]
+    variants: list[str]  # canonical specs and runtimes; "none" first
+    peers: list[str]  # keys of PEERS
+    batch_sizes: list[int]
+    data: str | None = None
+    quick: bool = False
+    threads: int = 1
+    device: str = "cpu"
+    repeats: int = 10
+    warmup: int = 3
+    latency_runs: int = 50
+    min_run_s: float = 0.2
+    eval_limit: int | None = None
+    timeout_s: float | None = None
+    memory_limit_mb: int | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _split(text: str | list[str] | None) -> list[str]:
+    if text is None:
+        return []
+    if isinstance(text, str):
+        from ..efficiency.spec import split_top_level
+
+        text = split_top_level(text, ",")
+    return [t.strip() for t in text if t.strip()]
+
+
+def _resolve_model(text: str) -> ModelEntry:
+    path = Path(text).expanduser()
+    if path.is_dir():
+        from ..weights import load
+
+        config = load(path, optimized=False).config  # loads once here so a broken checkpoint fails now
+        name = path.name if path.name not in ("best", "final") else f"{path.parent.name}/{path.name}"
+        return ModelEntry(name, str(path.resolve()), True, config.img_size, config.in_chans, config.num_classes)
+    if os.sep in text or text.startswith("."):
+        raise ValueError(f"model directory {text} does not exist")
+    config = model_config(text)
+    return ModelEntry(text, text, False, config.img_size, config.in_chans, config.num_classes)
+
+
+def make_plan(models: str | list[str], specs: str | list[str] = "none", *, checkpoint: str | None = None,
+              data: str | None = None, peers: str | list[str] | None = None, batch_sizes: str | list[int] | None = None,
+              quick: bool = False, threads: int | None = None, device: str = "cpu", repeats: int | None = None,
+              eval_limit: int | None = None, timeout_s: float | None = None,
+              memory_limit_mb: int | None = None) -> BenchPlan:
+    """Every problem with the request at once, as one ValueError; else the plan."""
+    import torch
+
+    errors = []
+    entries = []
+    for text in _split(models) + _split(checkpoint):
+        try:
+            entries.append(_resolve_model(text))
+        except (ValueError, FileNotFoundError) as err:
+            errors.append(str(err))
+    if not entries and not errors:
+        errors.append("no models given: --models NAME,... (see `vitkit list`) and/or --checkpoint DIR")
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        errors.append(f"a model is listed twice: {names}")
+
+    variants = []
+    for text in _split(specs) or ["none"]:
+        try:
+            variant = canonical_variant(text)
+        except ValueError as err:
+            errors.append(f"spec {text!r}: {err}")
+            continue
+        if variant not in variants:
+            variants.append(variant)
+    if "none" in variants:  # every ratio is against fp32 eager, so it runs, and first
+        variants.remove("none")
+    variants.insert(0, "none")
+    if device != "cpu" and any(v in RUNTIMES for v in variants):
+        errors.append(f"{'/'.join(RUNTIMES)} run in onnxruntime on the CPU; use --device cpu for them")
+
+    peer_list = [p.lower() for p in _split(peers)]
+    for p in peer_list:
+        if p not in PEERS:
+            errors.append(f"unknown peer {p!r}; valid peers: {', '.join(PEERS)}")
+
+    sizes = _split(batch_sizes) if isinstance(batch_sizes, str) else list(batch_sizes or [])
+    try:
+        sizes = sorted({int(b) for b in sizes}) or ([1, 8] if quick else [1, 32])
+        if sizes[0] < 1:
+            raise ValueError
+    except ValueError:
+        errors.append(f"--batch-sizes must be positive integers like 1,32; got {batch_sizes!r}")
+        sizes = [1]
+
+    if data is not None:
+        errors += _check_data(data, entries)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        errors.append("vitkit bench draws its plots with matplotlib, which is not installed: "
+                      "pip install 'vitkit[bench]'")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        errors.append(f"--device {device}: this torch build sees no CUDA device")
+    if errors:
+        raise ValueError("vitkit bench cannot run:\n  - " + "\n  - ".join(errors))
+
+    plan = BenchPlan(
+        models=entries, variants=variants, peers=[p for p in PEERS if p in peer_list], batch_sizes=sizes,
+        data=data, quick=quick, threads=threads or torch.get_num_threads(), device=device,
+        repeats=repeats or (5 if quick else 10), warmup=1 if quick else 3, latency_runs=10 if quick else 50,
+        min_run_s=0.05 if quick else 0.2, eval_limit=eval_limit or (1000 if quick else None),
+        timeout_s=timeout_s, memory_limit_mb=memory_limit_mb,
+    )
+    if plan.repeats < 5:
+        raise ValueError(f"--repeats must be at least 5 (a median of fewer is noise), got {plan.repeats}")
+    return plan
+
+
+def _check_data(data: str, entries: list[ModelEntry]) -> list[str]:
+    from ..data import build_dataset
+
+    trained = [e for e in entries if e.is_checkpoint]
+    if not trained:
+        return [f"--data {data} measures the accuracy of trained models; give them with --checkpoint DIR "
+                "(registry models have random weights)"]
+    try:
+        info = build_dataset(data, "test").info
+    except (ValueError, FileNotFoundError) as err:
+        return [f"--data {data}: {err}"]
+    errors = []
+    for e in trained:
+        if e.num_classes != info.num_classes or e.in_chans != info.in_chans:
+            errors.append(f"{e.name} predicts {e.num_classes} classes from {e.in_chans}-channel images, but {data} "
+                          f"has {info.num_classes} classes of {info.in_chans}-channel images")
+    return errors

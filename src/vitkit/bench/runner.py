@@ -1,0 +1,187 @@
+"""`run_bench(plan, out)`: each model's variants probed for memory one process each, then measured
+together in one process; failures recorded, never fatal; the report written at the end."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from .plan import BenchPlan, ModelEntry
+from .report import assemble, write_report
+from .timing import machine_info
+from .variants import PEERS
+from .worker import PROGRESS
+
+
+class Display:
+    """One line per step with elapsed time and ETA; the worker's own progress lines indented under it."""
+
+    def __init__(self, total: int, enabled: bool = True, stream=sys.stderr):
+        self.total, self.enabled, self.stream = total, enabled, stream
+        self.done, self.start = 0, time.perf_counter()
+
+    def step(self, text: str) -> None:
+        self.done += 1
+        elapsed = time.perf_counter() - self.start
+        eta = f", ETA {elapsed / (self.done - 1) * (self.total - self.done + 1):.0f}s" if self.done > 1 else ""
+        self.line(f"[{self.done}/{self.total}] {text} ({elapsed:.0f}s{eta})")
+
+    def line(self, text: str) -> None:
+        if self.enabled:
+            print(text, file=self.stream, flush=True)
+
+
+def _limit_memory(limit_mb: int | None):
+    if not limit_mb:
+        return None
+
+    def apply():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (limit_mb * 2**20, limit_mb * 2**20))
+    return apply
+
+
+def run_worker(job: dict, workdir: Path, plan: BenchPlan, display: Display) -> dict:
+    """Run one job in a fresh interpreter; any way it dies becomes {"error": ...}."""
+    fd, job_path = tempfile.mkstemp(suffix=".json", dir=workdir)
+    os.close(fd)
+    job_path = Path(job_path)
+    result_path = job_path.with_name(job_path.stem + "-result.json")
+    job_path.write_text(json.dumps(job))
+    env = {**os.environ, "OMP_NUM_THREADS": str(plan.threads), "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-m", "vitkit.bench.worker", str(job_path), str(result_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_limit_memory(plan.memory_limit_mb))
+    tail: list[str] = []
+
+    def read_stderr():
+        for line in proc.stderr:
+            if line.startswith(PROGRESS):
+                display.line("    " + line.removeprefix(PROGRESS).rstrip())
+            else:
+                tail.append(line.rstrip())
+                del tail[:-30]
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        code = proc.wait(timeout=plan.timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        reader.join(5)
+        return {"error": f"timed out after {plan.timeout_s:g} s"}
+    reader.join(5)
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    if code < 0:
+        name = signal.Signals(-code).name
+        why = " (out of memory?)" if name == "SIGKILL" else ""
+        return {"error": f"worker killed by {name}{why}"}
+    last = next((t for t in reversed(tail) if t.strip()), "")
+    if "MemoryError" in "\n".join(tail) or "can't allocate memory" in "\n".join(tail):
+        return {"error": f"out of memory: {last[:300]}"}
+    return {"error": f"worker exited with code {code}: {last[:300]}"}
+
+
+def peer_keys(entry: ModelEntry, plan: BenchPlan, notes: list[str]) -> list[str]:
+    """The peers that can run this model; the reason for each that cannot goes to the notes."""
+    from ..models import model_config
+
+    keys = []
+    for peer in plan.peers:
+        library = PEERS[peer]
+        try:
+            __import__("transformers" if peer == "hf" else "timm")
+        except Exception as err:  # noqa: BLE001 - timm raises more than ImportError when torchvision is broken
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+            note = f"{library} skipped: it does not import here ({reason})"
+            if note not in notes:
+                notes.append(note)
+            continue
+        try:
+            if entry.is_checkpoint:
+                from ..weights import load
+
+                config = load(entry.source, optimized=False).config
+            else:
+                config = model_config(entry.source)
+            if peer == "hf":
+                from ..weights.hf import hf_config_from
+
+                hf_config_from(config)
+            else:
+                from ..weights.timm import timm_kwargs_from
+
+                timm_kwargs_from(config)
+            keys.append(f"peer:{peer}")
+        except ValueError as err:
+            notes.append(f"{library} skipped for {entry.name}: {err}")
+    return keys
+
+
+def run_bench(plan: BenchPlan, out: str | os.PathLike, progress: bool = True, command: str | None = None) -> dict:
+    """Measure everything in `plan` and write the report to `out` (replaced only once it is complete)."""
+    out = Path(out)
+    check_output_dir(out)
+    notes = list(plan.notes)
+    keys = {e.name: list(plan.variants) + peer_keys(e, plan, notes) for e in plan.models}
+    display = Display(sum(len(k) + 1 for k in keys.values()), progress)
+    display.line(f"vitkit bench: {len(plan.models)} model(s) x {len(plan.variants)} spec(s)"
+                 f"{' + peers' if plan.peers else ''}, batch sizes {plan.batch_sizes}, {plan.threads} threads")
+    raw = {}
+    with tempfile.TemporaryDirectory(prefix="vitkit-bench-") as tmp:
+        for index, entry in enumerate(plan.models):
+            workdir = Path(tmp) / f"model{index}"
+            workdir.mkdir()
+            common = {"model": vars(entry), "threads": plan.threads, "device": plan.device, "seed": 0,
+                      "workdir": str(workdir), "batch_sizes": plan.batch_sizes}
+            probes = {}
+            for key in keys[entry.name]:
+                display.step(f"{entry.name} {key}: peak memory")
+                probes[key] = run_worker({**common, "kind": "probe", "key": key}, workdir, plan, display)
+            ok = [k for k in keys[entry.name] if "error" not in probes[k]]
+            measured = measure_all(common, ok, plan, workdir, display, entry.name, notes)
+            raw[entry.name] = {"keys": keys[entry.name], "probe": probes, "measure": measured}
+    results = assemble(plan, raw, notes, machine_info(plan.device), command)
+    write_report(results, out)
+    display.line(f"vitkit bench: wrote {out}/report.html, results.json, results.csv and plots")
+    return results
+
+
+def measure_all(common: dict, keys: list[str], plan: BenchPlan, workdir: Path, display: Display,
+                name: str, notes: list[str]) -> dict:
+    """Time all variants in one process; if that process dies, each variant alone, so the rest continue."""
+    display.step(f"{name}: throughput, latency{', accuracy' if plan.data else ''} of {len(keys)} variant(s)")
+    if not keys:
+        return {}
+    job = {**common, "kind": "measure", "keys": keys, "data": plan.data, "eval_limit": plan.eval_limit,
+           "timing": {"repeats": plan.repeats, "warmup": plan.warmup, "min_run_s": plan.min_run_s,
+                      "latency_runs": plan.latency_runs}}
+    result = run_worker(job, workdir, plan, display)
+    if "error" not in result:
+        return result["variants"]
+    display.line(f"    measuring together failed ({result['error']}); measuring each variant alone")
+    notes.append(f"{name}: measuring all variants in one process failed ({result['error']}); each was measured "
+                 "in its own process, so its ratios carry run-to-run drift")
+    alone = {}
+    for key in keys:
+        one = run_worker({**job, "keys": [key]}, workdir, plan, display)
+        alone[key] = one["variants"][key] if "error" not in one else {"error": one["error"]}
+    return alone
+
+
+def check_output_dir(out: Path) -> None:
+    """Fail before measuring anything if the report could not be written."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise ValueError(f"--out {out}: parent directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"--out {out}: cannot write in {parent}")

@@ -1,0 +1,254 @@
+"""`vitkit bench`: the request checked before anything runs, every output written, failures recorded
+while the rest continue, the peer reproducing our outputs, and the HTML report in a real browser."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import vitkit
+from vitkit.bench import make_plan
+from vitkit.bench.report import COLUMNS, mark_pareto, pareto_front, write_report
+from vitkit.bench.runner import Display, run_worker
+
+pytest.importorskip("transformers", reason="transformers is a dev dependency: pip install -e .[dev]")
+
+DIGITS_TEST = 359  # scikit-learn's digits, vitkit's fixed test split
+BATCH_OOM = 2_000_000  # with --memory-limit-mb 3000 this batch cannot fit: a real out-of-memory failure
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory) -> Path:
+    """A saved 8x8 gray 10-class model for digits (random weights: the test checks the plumbing)."""
+    model = vitkit.create_model("vit_pico_patch4_32", img_size=8, patch_size=2, in_chans=1, num_classes=10)
+    return vitkit.save(model, tmp_path_factory.mktemp("ckpt") / "digits_vit")
+
+
+@pytest.fixture(scope="module")
+def bench_out(trained_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "report"
+    out.mkdir()
+    (out / "old-marker.txt").write_text("from an earlier run")
+    cmd = [sys.executable, "-m", "vitkit", "--threads", "1", "bench", "--checkpoint", str(trained_dir),
+           "--specs", "none,tome:r=1,evit:keep=0.5:blocks=[9],int8", "--peers", "hf,timm", "--data", "digits",
+           "--batch-sizes", f"1,4,{BATCH_OOM}", "--memory-limit-mb", "3000", "--quick", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (out.parent / "stderr.txt").write_text(result.stderr)
+    return out
+
+
+def rows_of(out: Path) -> list[dict]:
+    return json.loads((out / "results.json").read_text())["rows"]
+
+
+def find(rows, impl="vitkit", spec="none", batch=4) -> dict:
+    return next(r for r in rows if (r["impl"], r["spec"], r["infer_batch_size"]) == (impl, spec, batch))
+
+
+# ------------------------------------------------------------------------------------ checked up front
+
+
+def test_every_bad_input_is_reported_at_once_before_running():
+    with pytest.raises(ValueError) as err:
+        make_plan("vit_tiny_patch16_244,vit_pico_patch4_32", "none,tome:x=3,warp", peers="hf,onnx", batch_sizes="1,0")
+    text = str(err.value)
+    assert "unknown model 'vit_tiny_patch16_244'" in text and "vit_tiny_patch16_224" in text  # a suggestion
+    assert "unknown parameter 'x' for 'tome'" in text and "unknown spec item 'warp'" in text
+    assert "unknown peer 'onnx'" in text and "--batch-sizes" in text
+
+
+def test_accuracy_needs_a_trained_model_and_a_matching_dataset(trained_dir):
+    with pytest.raises(ValueError, match="registry models have random weights"):
+        make_plan("vit_pico_patch4_32", data="digits")
+    with pytest.raises(ValueError, match="from 1-channel images, but synthetic:100 has 10 classes of 3-channel"):
+        make_plan([], checkpoint=str(trained_dir), data="synthetic:100")
+
+
+def test_plan_canonicalises_specs_and_puts_the_baseline_first():
+    plan = make_plan("vit_pico_patch4_32", "tome:r=2+int8, onnx, none, TOME:r=2 + int8,int8", quick=True)
+    assert plan.variants == ["none", "tome:r=2,int8", "onnx", "int8"]  # ',' separates specs, '+' joins items
+    assert plan.batch_sizes == [1, 8] and plan.repeats >= 5
+
+
+def test_cli_refuses_unknown_names_without_touching_out(tmp_path):
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "vitkit", "bench", "--models", "no_such_model", "--specs",
+                             "tome:r=2,zap", "--out", str(out)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "unknown model 'no_such_model'" in result.stderr and "'zap'" in result.stderr
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+def test_all_outputs_are_written_and_the_old_directory_replaced(bench_out):
+    names = {p.name for p in bench_out.iterdir()}
+    assert names == {"results.json", "results.csv", "report.html", "pareto.png", "throughput_vs_batch.png",
+                     "memory.png"}
+    assert not list(bench_out.parent.glob(".report.*")), "temporary directories left behind"
+    with open(bench_out / "results.csv") as f:
+        header = next(csv.reader(f))
+    assert header == COLUMNS
+    for timm_column in ("model", "infer_samples_per_sec", "infer_step_time", "infer_batch_size", "infer_img_size",
+                        "infer_gmacs", "param_count"):
+        assert timm_column in header
+    results = json.loads((bench_out / "results.json").read_text())
+    assert results["machine"]["threads"] == 1 and results["machine"]["torch"]
+    assert "stderr.txt" in os.listdir(bench_out.parent)
+    progress = (bench_out.parent / "stderr.txt").read_text()
+    assert "[1/" in progress and "ETA" in progress
+
+
+def test_measurements_are_complete_for_working_configurations(bench_out):
+    rows = rows_of(bench_out)
+    for spec in ("none", "tome:r=1", "int8"):
+        for batch in (1, 4):
+            r = find(rows, spec=spec, batch=batch)
+            assert r["status"] == "ok", r
+            assert r["infer_samples_per_sec_min"] <= r["infer_samples_per_sec"] <= r["infer_samples_per_sec_max"]
+            assert 0 < r["latency_p50_ms"] <= r["latency_p95_ms"]
+            assert r["peak_memory_mb"] > 50 and r["param_count"] > 0 and r["gflops"] > 0
+            assert r["infer_gmacs"] == pytest.approx(r["gflops"] / 2, rel=1e-3)
+            assert 0 <= r["top1"] <= 1 and r["loss"] > 0 and r["eval_samples"] == DIGITS_TEST
+    assert find(rows, spec="none")["vs_none"] == 1.0
+    # ToMe does less arithmetic; int8 the same arithmetic at lower precision
+    assert find(rows, spec="tome:r=1")["gflops"] < find(rows, spec="none")["gflops"]
+    assert find(rows, spec="int8")["gflops"] == find(rows, spec="none")["gflops"]
+
+
+def test_transformers_peer_has_the_same_weights_and_ratios_are_shown(bench_out):
+    rows = rows_of(bench_out)
+    ours, peer = find(rows), find(rows, impl="transformers")
+    assert peer["status"] == "ok"
+    assert peer["top1"] == ours["top1"] and peer["loss"] == pytest.approx(ours["loss"], abs=1e-5)
+    assert peer["param_count"] == ours["param_count"]
+    assert ours["vs_transformers"] == pytest.approx(ours["infer_samples_per_sec"] / peer["infer_samples_per_sec"])
+
+
+def test_timm_that_does_not_import_is_a_note_not_a_failure(bench_out):
+    results = json.loads((bench_out / "results.json").read_text())
+    try:
+        import timm  # noqa: F401
+    except Exception:  # noqa: BLE001
+        assert any(n.startswith("timm skipped: it does not import here") for n in results["notes"])
+        assert not any(r["impl"] == "timm" for r in results["rows"])
+    else:
+        assert find(results["rows"], impl="timm")["top1"] == find(results["rows"])["top1"]
+
+
+def test_failures_are_recorded_everywhere_and_the_rest_continue(bench_out):
+    results = json.loads((bench_out / "results.json").read_text())
+    rows = results["rows"]
+    broken = [r for r in rows if r["spec"] == "evit:keep=0.5:blocks=[9]"]
+    assert broken and all(r["status"] == "failed" and "out of range" in r["error"] for r in broken)
+    oom = [r for r in rows if r["infer_batch_size"] == BATCH_OOM]
+    assert oom and all(r["status"] == "failed" and r["error"] for r in oom)
+    assert any("allocate" in r["error"] or "memory" in r["error"].lower() for r in oom)
+    assert len(results["failed"]) == len(broken) + len([r for r in oom if r not in broken])
+    with open(bench_out / "results.csv") as f:
+        csv_failed = [r for r in csv.DictReader(f) if r["status"] == "failed"]
+    assert len(csv_failed) == len(results["failed"]) and all(r["error"] for r in csv_failed)
+    html = (bench_out / "report.html").read_text()
+    assert "out of range" in html and html.count('class="failed"') == len(results["failed"])
+
+
+def test_pareto_set_is_marked_on_accuracy_when_measured(bench_out):
+    results = json.loads((bench_out / "results.json").read_text())
+    assert results["pareto_axes"] == ["infer_samples_per_sec", "top1"]
+    ok4 = [r for r in results["rows"] if r["infer_batch_size"] == 4 and r["status"] == "ok"]
+    front = [r for r in ok4 if r["pareto"]]
+    assert front
+    for r in ok4:  # nothing beats a Pareto row on both speed and accuracy
+        if r["pareto"]:
+            assert not any(o["infer_samples_per_sec"] > r["infer_samples_per_sec"] and o["top1"] > r["top1"]
+                           for o in ok4)
+    assert (bench_out / "report.html").read_text().count('class="pareto"') == sum(
+        r["pareto"] for r in results["rows"] if r["status"] == "ok")
+
+
+# ------------------------------------------------------------------------------------------ pieces
+
+
+def test_pareto_front_keeps_exactly_the_undominated_points():
+    points = [(1, 5), (2, 4), (3, 3), (2, 2), (1, 4), (3, 3)]
+    assert pareto_front(points) == [0, 1, 2, 5]
+
+
+def test_without_accuracy_the_front_trades_speed_against_memory():
+    rows = [{"infer_batch_size": 1, "status": "ok", "infer_samples_per_sec": s, "peak_memory_mb": m}
+            for s, m in [(10, 100), (20, 300), (15, 400)]]
+    assert mark_pareto(rows) == "peak_memory_mb"
+    assert [r["pareto"] for r in rows] == [True, True, False]
+
+
+def test_a_failed_report_write_leaves_the_old_report_untouched(bench_out, tmp_path, monkeypatch):
+    out = tmp_path / "kept"
+    shutil.copytree(bench_out, out)
+    before = (out / "results.json").read_text()
+    results = json.loads(before)
+    import vitkit.bench.report as report
+
+    def broken_plot(*args):
+        raise OSError("disk full")
+    monkeypatch.setattr(report, "plot_all", broken_plot)
+    with pytest.raises(OSError, match="disk full"):
+        write_report(results, out)
+    assert (out / "results.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
+
+
+def test_a_worker_that_hangs_is_stopped_and_recorded(tmp_path):
+    plan = make_plan("vit_pico_patch4_32", timeout_s=0.5)
+    job = {"kind": "probe", "key": "none", "model": {"source": "vit_pico_patch4_32", "is_checkpoint": False,
+           "in_chans": 3, "img_size": 32}, "threads": 1, "device": "cpu", "workdir": str(tmp_path),
+           "batch_sizes": [1]}
+    assert run_worker(job, tmp_path, plan, Display(1, enabled=False)) == {"error": "timed out after 0.5 s"}
+
+
+# ------------------------------------------------------------------------------------------ the browser
+
+
+def chromium() -> str | None:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found and os.environ.get("VITKIT_REQUIRE_BROWSER"):
+        pytest.fail("chromium is required here (.ci/run installs Debian's chromium) but was not found")
+    if not found:
+        pytest.skip("no chromium on this machine; .ci/run installs it")
+    return found
+
+
+def render(html_path: Path) -> tuple[str, list[str]]:
+    """The DOM after scripts ran, and the page's console messages, from headless chromium."""
+    result = subprocess.run(
+        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+         "--virtual-time-budget=5000", "--dump-dom", html_path.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout, [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
+
+
+def test_report_renders_in_a_real_browser_with_plots_and_no_console_errors(bench_out):
+    dom, console = render(bench_out / "report.html")
+    assert 'data-plots-loaded="3"' in dom and 'data-plots-failed="0"' in dom
+    assert "<table>" in dom and "tome:r=1" in dom
+    assert console == []
+    assert "http://" not in (bench_out / "report.html").read_text()  # self-contained: nothing to fetch
+    assert "https://" not in (bench_out / "report.html").read_text()
+
+
+def test_the_browser_check_catches_a_broken_plot_and_a_console_error(bench_out, tmp_path):
+    html = (bench_out / "report.html").read_text()
+    start = html.index('src="data:image/png;base64,') + len('src="data:image/png;base64,')
+    broken = html[:start] + "AAAA" + html[html.index('"', start):]
+    broken = broken.replace("<script>", '<script>console.error("boom");', 1)
+    (tmp_path / "broken.html").write_text(broken)
+    dom, console = render(tmp_path / "broken.html")
+    assert 'data-plots-failed="1"' in dom
+    assert any("boom" in line for line in console)
