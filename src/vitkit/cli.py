@@ -279,7 +279,7 @@ def cmd_bench(args) -> int:
                         command=shlex.join(["vitkit", *(args.argv or [])]))
     failed = len(results["failed"])
     print(f"{len(results['rows']) - failed} configurations measured, {failed} failed; report: {args.out}/report.html")
-    return 0
+    return 0 if failed < len(results["rows"]) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -351,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, help="timed runs per configuration (median; default 10, quick 5)")
     p.add_argument("--eval-limit", type=int, help="evaluate on the first N test images only")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="torch threads in every measurement "
+                   "(default: torch's; recorded)")
     p.add_argument("--timeout-s", type=float, help="a configuration's process is stopped and recorded as failed "
                    "after this long")
     p.add_argument("--memory-limit-mb", type=int, help="address-space limit per process: past it a configuration "

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import vitkit
-from vitkit.bench import make_plan
+from vitkit.bench import make_plan, run_bench
 from vitkit.bench.report import COLUMNS, mark_pareto, pareto_front, write_report
 from vitkit.bench.runner import Display, run_worker
 
@@ -33,6 +33,7 @@ def trained_dir(tmp_path_factory) -> Path:
 def bench_out(trained_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bench") / "report"
     out.mkdir()
+    (out / "results.json").write_text("{}")  # an earlier report: it is replaced as a whole
     (out / "old-marker.txt").write_text("from an earlier run")
     cmd = [sys.executable, "-m", "vitkit", "--threads", "1", "bench", "--checkpoint", str(trained_dir),
            "--specs", "none,tome:r=1,evit:keep=0.5:blocks=[9],int8", "--peers", "hf,timm", "--data", "digits",
@@ -252,3 +253,53 @@ def test_the_browser_check_catches_a_broken_plot_and_a_console_error(bench_out, 
     dom, console = render(tmp_path / "broken.html")
     assert 'data-plots-failed="1"' in dom
     assert any("boom" in line for line in console)
+
+
+def test_a_worker_killed_mid_way_keeps_what_it_saved(tmp_path, monkeypatch):
+    """A fake interpreter stands in for a worker the kernel kills (as the OOM killer would) after it
+    saved its first batch size."""
+    fake = tmp_path / "fake-python"
+    fake.write_text('#!/bin/sh\necho \'{"memory_mb": {"1": 250.0}}\' > "$4"\nkill -9 $$\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    plan = make_plan("vit_pico_patch4_32")
+    result = run_worker({"kind": "probe"}, tmp_path, plan, Display(1, enabled=False))
+    assert result == {"memory_mb": {"1": 250.0}, "error": "worker killed by SIGKILL (out of memory?)"}
+
+
+@pytest.mark.parametrize("make_out, message", [
+    (lambda tmp: tmp / "project", "not an earlier vitkit bench report"),
+    (lambda tmp: Path("."), "current directory or above it"),
+])
+def test_out_that_is_not_a_report_is_refused_before_running(tmp_path, monkeypatch, make_out, message):
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "precious.txt").write_text("keep me")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        run_bench(make_plan("vit_pico_patch4_32"), make_out(tmp_path), progress=False)
+    assert (tmp_path / "project" / "precious.txt").read_text() == "keep me"
+
+
+def test_each_row_says_what_happened_to_its_own_batch_size():
+    """A probe killed at batch 64 after batch 1 worked; accuracy failing on a timed variant (partial); a
+    variant that never built."""
+    from vitkit.bench.plan import ModelEntry
+    from vitkit.bench.report import model_rows
+
+    plan = make_plan("vit_pico_patch4_32", "none,tome:r=2,int8", batch_sizes="1,64")
+    entry = ModelEntry("m", "vit_pico_patch4_32", False, 32, 3, 10)
+    timing = {"median_s": 0.01, "min_s": 0.009, "max_s": 0.02, "img_per_s": 100.0}
+    raw = {"keys": ["none", "tome:r=2", "int8"], "probe": {
+        "none": {"memory_mb": {"1": 200.0}, "error": "worker killed by SIGKILL (out of memory?)"},
+        "tome:r=2": {"memory_mb": {"1": 210.0, "64": 300.0}, "complete": True},
+        "int8": {"error": "RuntimeError: no quantized engine"},
+    }, "measure": {
+        "none": {"throughput": {"1": timing}, "latency_ms": {"p50": 9.0, "p95": 12.0}},
+        "tome:r=2": {"throughput": {"1": timing, "64": timing}, "partial_errors": ["accuracy not measured: X"]},
+    }}
+    rows = {(r["spec"], r["infer_batch_size"]): r for r in model_rows(plan, entry, raw)}
+    assert rows["none", 1]["status"] == "ok" and rows["none", 1]["peak_memory_mb"] == 200.0
+    assert rows["none", 64]["status"] == "failed" and "SIGKILL" in rows["none", 64]["error"]
+    assert rows["tome:r=2", 64]["status"] == "partial" and "accuracy not measured" in rows["tome:r=2", 64]["error"]
+    for batch in (1, 64):
+        assert rows["int8", batch]["status"] == "failed" and "quantized engine" in rows["int8", batch]["error"]

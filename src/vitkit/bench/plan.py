@@ -16,6 +16,7 @@ class ModelEntry:
     img_size: int
     in_chans: int
     num_classes: int
+    saved_spec: str | None = None  # the spec `vitkit optimize` saved with it (bench measures its float weights)
 
 
 @dataclasses.dataclass
@@ -56,9 +57,10 @@ def _resolve_model(text: str) -> ModelEntry:
     if path.is_dir():
         from ..weights import load
 
-        config = load(path, optimized=False).config  # loads once here so a broken checkpoint fails now
+        model = load(path, optimized=False)  # loads once here so that a broken checkpoint fails now
+        config, spec = model.config, (getattr(model, "metadata", None) or {}).get("optimize")
         name = path.name if path.name not in ("best", "final") else f"{path.parent.name}/{path.name}"
-        return ModelEntry(name, str(path.resolve()), True, config.img_size, config.in_chans, config.num_classes)
+        return ModelEntry(name, str(path.resolve()), True, config.img_size, config.in_chans, config.num_classes, spec)
     if os.sep in text or text.startswith("."):
         raise ValueError(f"model directory {text} does not exist")
     config = model_config(text)
@@ -98,8 +100,23 @@ def make_plan(models: str | list[str], specs: str | list[str] = "none", *, check
     if "none" in variants:  # every ratio is against fp32 eager, so it runs, and first
         variants.remove("none")
     variants.insert(0, "none")
+    if device != "cpu" and not device.startswith("cuda"):
+        errors.append(f"--device {device!r}: expected cpu, cuda or cuda:N")
     if device != "cpu" and any(v in RUNTIMES for v in variants):
         errors.append(f"{'/'.join(RUNTIMES)} run in onnxruntime on the CPU; use --device cpu for them")
+    if any(v in RUNTIMES for v in variants):
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            errors.append(f"{'/'.join(RUNTIMES)} need onnxruntime: pip install 'vitkit[onnx]'")
+    if device != "cpu" and memory_limit_mb:
+        errors.append("--memory-limit-mb limits address space, which CUDA reserves in bulk: use it on the CPU only")
+    if repeats is not None and repeats < 5:
+        errors.append(f"--repeats must be at least 5 (a median of fewer is noise), got {repeats}")
+    if eval_limit is not None and eval_limit < 1:
+        errors.append(f"--eval-limit must be a positive number of images, got {eval_limit}")
+    if threads is not None and threads < 1:
+        errors.append(f"--threads must be at least 1, got {threads}")
 
     peer_list = [p.lower() for p in _split(peers)]
     for p in peer_list:
@@ -134,8 +151,6 @@ def make_plan(models: str | list[str], specs: str | list[str] = "none", *, check
         min_run_s=0.05 if quick else 0.2, eval_limit=eval_limit or (1000 if quick else None),
         timeout_s=timeout_s, memory_limit_mb=memory_limit_mb,
     )
-    if plan.repeats < 5:
-        raise ValueError(f"--repeats must be at least 5 (a median of fewer is noise), got {plan.repeats}")
     return plan
 
 

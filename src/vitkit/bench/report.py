@@ -22,11 +22,9 @@ COLUMNS = [
 PLOTS = {"pareto": "pareto.png", "throughput": "throughput_vs_batch.png", "memory": "memory.png"}
 
 
-def _first_error(*sources) -> str | None:
-    for source in sources:
-        if isinstance(source, dict) and source.get("error"):
-            return source["error"]
-    return None
+def measured_ok(row: dict) -> bool:
+    """Timed (status ok, or partial: timed but e.g. accuracy failed)."""
+    return row.get("infer_samples_per_sec") is not None
 
 
 def model_rows(plan: BenchPlan, entry, raw: dict) -> list[dict]:
@@ -53,12 +51,14 @@ def model_rows(plan: BenchPlan, entry, raw: dict) -> list[dict]:
             if timing:
                 row.update(infer_samples_per_sec=timing["img_per_s"], infer_samples_per_sec_min=batch / timing["max_s"],
                            infer_samples_per_sec_max=batch / timing["min_s"], infer_step_time=timing["median_s"] * 1e3)
-            memory_error = memory.get("error") if isinstance(memory, dict) else None
-            error = _first_error(probe, measured) or memory_error or measured.get("batch_errors", {}).get(b)
-            if not timing and not error:
-                error = "not measured: the measuring process failed" if not measured else "no timing recorded"
-            row["status"] = "failed" if error or not timing else "ok"
-            row["error"] = error
+            if timing:  # later failures of the same process (a bigger batch, say) do not touch this row
+                partial = measured.get("partial_errors", [])
+                row["status"], row["error"] = ("partial", "; ".join(partial)) if partial else ("ok", None)
+            else:
+                row["status"] = "failed"
+                row["error"] = ((memory or {}).get("error") if isinstance(memory, dict) else None) or \
+                    measured.get("batch_errors", {}).get(b) or measured.get("error") or probe.get("error") or \
+                    "not measured"
             rows.append(row)
     return rows
 
@@ -71,7 +71,7 @@ def add_ratios(rows: list[dict]) -> None:
         return None
 
     for r in rows:
-        if r["status"] != "ok":
+        if not measured_ok(r):
             continue
         own = r["infer_samples_per_sec"]
         base = speed(r["model"], "vitkit", "none", r["infer_batch_size"])
@@ -93,10 +93,10 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 def mark_pareto(rows: list[dict]) -> str:
     """Flag each batch size's Pareto set; returns what the axes are."""
-    with_accuracy = any(r.get("top1") is not None and r["status"] == "ok" for r in rows)
+    with_accuracy = any(r.get("top1") is not None and measured_ok(r) for r in rows)
     axes = "top1" if with_accuracy else "peak_memory_mb"
     for batch in sorted({r["infer_batch_size"] for r in rows}):
-        group = [r for r in rows if r["infer_batch_size"] == batch and r["status"] == "ok" and r.get(axes) is not None]
+        group = [r for r in rows if r["infer_batch_size"] == batch and measured_ok(r) and r.get(axes) is not None]
         sign = 1 if axes == "top1" else -1  # memory: less is better
         for i in pareto_front([(r["infer_samples_per_sec"], sign * r[axes]) for r in group]):
             group[i]["pareto"] = True
@@ -113,7 +113,7 @@ def assemble(plan: BenchPlan, raw: dict, notes: list[str], machine: dict, comman
     axes = mark_pareto(rows)
     rows = [{c: r.get(c) for c in COLUMNS} for r in rows]
     versions = {}
-    for library in ("transformers", "onnxruntime"):
+    for library in ("transformers", "onnxruntime", "timm"):
         try:
             versions[library] = __import__(library).__version__
         except Exception:  # noqa: BLE001 - absent is fine; the version is just recorded
@@ -180,7 +180,7 @@ def plot_all(results: dict, directory: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = results["rows"]
-    ok = [r for r in rows if r["status"] == "ok"]
+    ok = [r for r in rows if measured_ok(r)]
     with_model = len({r["model"] for r in rows}) > 1
     axis = results["pareto_axes"][1]
 
@@ -198,7 +198,7 @@ def plot_all(results: dict, directory: Path) -> None:
         front = sorted((r for r in group if r["pareto"]), key=lambda r: r["infer_samples_per_sec"])
         if len(front) > 1:
             ax.step([r["infer_samples_per_sec"] for r in front], [r[axis] for r in front],
-                    where="post" if axis == "peak_memory_mb" else "pre", color="tab:red", label="Pareto front")
+                    where="pre", color="tab:red", label="Pareto front")
             ax.legend()
         ax.set_title(f"{'Accuracy' if axis == 'top1' else 'Peak memory'} vs throughput, batch {batch}")
     else:
@@ -269,6 +269,7 @@ td.text, th { text-align: left; }
 th { background: #f0f0f0; position: sticky; top: 0; }
 tr.pareto td { background: #fff3c4; font-weight: 600; }
 tr.failed td { background: #fde2e2; color: #8a1f11; }
+tr.partial td { background: #fdf0e2; }
 .plots img { max-width: 100%; border: 1px solid #ddd; margin: .5em 0; }
 .note { color: #555; }
 #plot-warning { display: none; color: #8a1f11; font-weight: 600; }
@@ -295,7 +296,7 @@ def render_html(results: dict, directory: Path) -> str:
     head = "".join(f"<th>{e(c)}</th>" for c in shown)
     body = []
     for r in results["rows"]:
-        cls = "failed" if r["status"] == "failed" else ("pareto" if r["pareto"] else "")
+        cls = r["status"] if r["status"] != "ok" else ("pareto" if r["pareto"] else "")
         cells = "".join(f'<td class="{"text" if c in text_columns else ""}">{e(_fmt(c, r.get(c)))}</td>' for c in shown)
         body.append(f'<tr class="{cls}">{cells}</tr>')
     plots = []

@@ -36,19 +36,26 @@ class Display:
             print(text, file=self.stream, flush=True)
 
 
-def _limit_memory(limit_mb: int | None):
-    if not limit_mb:
-        return None
-
+def _worker_setup(limit_mb: int | None):
+    """Run in the child before exec: the kernel's OOM killer should pick a worker, never the parent;
+    with a limit, an allocation past it fails inside the worker (a clean out-of-memory error)."""
     def apply():
-        import resource
+        try:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write("1000")
+        except OSError:
+            pass
+        if limit_mb:
+            import resource
 
-        resource.setrlimit(resource.RLIMIT_AS, (limit_mb * 2**20, limit_mb * 2**20))
+            resource.setrlimit(resource.RLIMIT_AS, (limit_mb * 2**20, limit_mb * 2**20))
     return apply
 
 
 def run_worker(job: dict, workdir: Path, plan: BenchPlan, display: Display) -> dict:
-    """Run one job in a fresh interpreter; any way it dies becomes {"error": ...}."""
+    """Run one job in a fresh interpreter and return what it saved. However it ends early (an exception,
+    a crash, killed for memory, timed out), the result carries "error" saying how, beside whatever
+    it had saved before."""
     fd, job_path = tempfile.mkstemp(suffix=".json", dir=workdir)
     os.close(fd)
     job_path = Path(job_path)
@@ -57,7 +64,7 @@ def run_worker(job: dict, workdir: Path, plan: BenchPlan, display: Display) -> d
     env = {**os.environ, "OMP_NUM_THREADS": str(plan.threads), "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen([sys.executable, "-m", "vitkit.bench.worker", str(job_path), str(result_path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=_limit_memory(plan.memory_limit_mb))
+                            preexec_fn=_worker_setup(plan.memory_limit_mb), start_new_session=True)
     tail: list[str] = []
 
     def read_stderr():
@@ -69,24 +76,28 @@ def run_worker(job: dict, workdir: Path, plan: BenchPlan, display: Display) -> d
                 del tail[:-30]
     reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
+    timed_out = False
     try:
         code = proc.wait(timeout=plan.timeout_s)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        reader.join(5)
-        return {"error": f"timed out after {plan.timeout_s:g} s"}
+        timed_out = True
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole group: compile workers and the like too
+        code = proc.wait()
     reader.join(5)
-    if result_path.is_file():
-        return json.loads(result_path.read_text())
-    if code < 0:
+    result = json.loads(result_path.read_text()) if result_path.is_file() else {}
+    if result.get("complete"):
+        return result
+    if timed_out:
+        result["error"] = f"timed out after {plan.timeout_s:g} s"
+    elif code < 0:
         name = signal.Signals(-code).name
-        why = " (out of memory?)" if name == "SIGKILL" else ""
-        return {"error": f"worker killed by {name}{why}"}
-    last = next((t for t in reversed(tail) if t.strip()), "")
-    if "MemoryError" in "\n".join(tail) or "can't allocate memory" in "\n".join(tail):
-        return {"error": f"out of memory: {last[:300]}"}
-    return {"error": f"worker exited with code {code}: {last[:300]}"}
+        result["error"] = f"worker killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+    else:
+        text = "\n".join(tail)
+        last = next((t for t in reversed(tail) if t.strip()), "")
+        kind = "out of memory" if "MemoryError" in text or "can't allocate memory" in text else "worker failed"
+        result["error"] = f"{kind} (exit code {code}): {last[:300]}"
+    return result
 
 
 def peer_keys(entry: ModelEntry, plan: BenchPlan, notes: list[str]) -> list[str]:
@@ -127,8 +138,7 @@ def peer_keys(entry: ModelEntry, plan: BenchPlan, notes: list[str]) -> list[str]
 
 def run_bench(plan: BenchPlan, out: str | os.PathLike, progress: bool = True, command: str | None = None) -> dict:
     """Measure everything in `plan` and write the report to `out` (replaced only once it is complete)."""
-    out = Path(out)
-    check_output_dir(out)
+    out = check_output_dir(Path(out))
     notes = list(plan.notes)
     keys = {e.name: list(plan.variants) + peer_keys(e, plan, notes) for e in plan.models}
     display = Display(sum(len(k) + 1 for k in keys.values()), progress)
@@ -145,22 +155,42 @@ def run_bench(plan: BenchPlan, out: str | os.PathLike, progress: bool = True, co
             for key in keys[entry.name]:
                 display.step(f"{entry.name} {key}: peak memory")
                 probes[key] = run_worker({**common, "kind": "probe", "key": key}, workdir, plan, display)
-            ok = [k for k in keys[entry.name] if "error" not in probes[k]]
-            measured = measure_all(common, ok, plan, workdir, display, entry.name, notes)
+                note = probes[key].get("memory_note")
+                if note and note not in notes:
+                    notes.append(note)
+            runnable = {k: [b for b in plan.batch_sizes if isinstance(probes[k].get("memory_mb", {}).get(str(b)),
+                                                                       int | float)] for k in keys[entry.name]}
+            runnable = {k: v for k, v in runnable.items() if v}
+            data = plan.data if entry.is_checkpoint else None
+            measured = measure_all(common, runnable, data, plan, workdir, display, entry.name, notes)
             raw[entry.name] = {"keys": keys[entry.name], "probe": probes, "measure": measured}
-    results = assemble(plan, raw, notes, machine_info(plan.device), command)
-    write_report(results, out)
+    for entry in plan.models:
+        spec = entry.saved_spec
+        if spec:
+            notes.append(f"{entry.name} was saved by `vitkit optimize` with spec {spec!r}; it is measured from its "
+                         "float weights under the specs given here")
+    results = assemble(plan, raw, notes, machine_info(plan.device, plan.threads), command)
+    try:
+        write_report(results, out)
+    except BaseException:
+        fd, rescue = tempfile.mkstemp(prefix="vitkit-bench-results-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(results, f)
+        display.line(f"vitkit bench: the report could not be written; the measurements are saved in {rescue}")
+        raise
     display.line(f"vitkit bench: wrote {out}/report.html, results.json, results.csv and plots")
     return results
 
 
-def measure_all(common: dict, keys: list[str], plan: BenchPlan, workdir: Path, display: Display,
-                name: str, notes: list[str]) -> dict:
-    """Time all variants in one process; if that process dies, each variant alone, so the rest continue."""
-    display.step(f"{name}: throughput, latency{', accuracy' if plan.data else ''} of {len(keys)} variant(s)")
+def measure_all(common: dict, keys: dict[str, list[int]], data: str | None, plan: BenchPlan, workdir: Path,
+                display: Display, name: str, notes: list[str]) -> dict:
+    """Time all variants in one process (`keys`: variant -> the batch sizes its probe could run); if that
+    process dies, each variant alone, so the rest continue."""
+    display.step(f"{name}: throughput, latency{', accuracy' if data else ''} of {len(keys)} variant(s)")
     if not keys:
         return {}
-    job = {**common, "kind": "measure", "keys": keys, "data": plan.data, "eval_limit": plan.eval_limit,
+    job = {**common, "kind": "measure", "keys": list(keys), "batch_sizes_by_key": keys, "data": data,
+           "eval_limit": plan.eval_limit,
            "timing": {"repeats": plan.repeats, "warmup": plan.warmup, "min_run_s": plan.min_run_s,
                       "latency_runs": plan.latency_runs}}
     result = run_worker(job, workdir, plan, display)
@@ -172,16 +202,25 @@ def measure_all(common: dict, keys: list[str], plan: BenchPlan, workdir: Path, d
     alone = {}
     for key in keys:
         one = run_worker({**job, "keys": [key]}, workdir, plan, display)
-        alone[key] = one["variants"][key] if "error" not in one else {"error": one["error"]}
+        alone[key] = one.get("variants", {}).get(key, {})
+        if "error" in one:
+            alone[key]["error"] = one["error"]
     return alone
 
 
-def check_output_dir(out: Path) -> None:
-    """Fail before measuring anything if the report could not be written."""
+def check_output_dir(out: Path) -> Path:
+    """Fail before measuring anything if the report could not be written, or would replace a directory
+    that is not an earlier report."""
+    out = out.expanduser().resolve()
+    if out == Path.cwd() or out in Path.cwd().parents or out == out.parent:
+        raise ValueError(f"--out {out} is the current directory or above it; name a directory for the report")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
-    parent = out.resolve().parent
-    if not parent.is_dir():
-        raise ValueError(f"--out {out}: parent directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"--out {out}: cannot write in {parent}")
+    if out.is_dir() and any(out.iterdir()) and not (out / "results.json").is_file():
+        raise ValueError(f"--out {out} is a non-empty directory that is not an earlier vitkit bench report; "
+                         "it would be replaced as a whole: choose a new or empty directory")
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: parent directory {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise PermissionError(f"--out {out}: cannot write in {out.parent}")
+    return out

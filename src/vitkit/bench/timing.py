@@ -19,9 +19,12 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
-def machine_info(device: str = "cpu") -> dict:
+def machine_info(device: str = "cpu", threads: int | None = None) -> dict:
+    from .. import __version__
+
     info = {
-        "cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+        "cpu": cpu_name(), "cores": os.cpu_count(), "threads": threads or torch.get_num_threads(),
+        "vitkit": __version__,
         "torch": torch.__version__, "python": platform.python_version(), "device": device,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -46,11 +46,21 @@ def load_base(job: dict) -> torch.nn.Module:
     return model.eval().to(job["device"])
 
 
+PEER_TOLERANCE = 1e-3  # a peer further than this from vitkit's logits did not get the same weights
+
+
 def build(base, key: str, example, job: dict):
-    """`key` is a variant ('none', 'tome:r=8,int8', 'onnx') or 'peer:hf' / 'peer:timm'."""
-    if key.startswith("peer:"):
-        return build_peer(base, key.removeprefix("peer:")).to(job["device"])
-    return build_variant(base, key, example, Path(job["workdir"]) / "onnx")
+    """`key` is a variant ('none', 'tome:r=8,int8', 'onnx') or 'peer:hf' / 'peer:timm'. A peer is checked
+    against vitkit's own output on `example`: the comparison is only fair with the same weights."""
+    if not key.startswith("peer:"):
+        return build_variant(base, key, example, Path(job["workdir"]) / "onnx")
+    peer = build_peer(base, key.removeprefix("peer:")).to(job["device"])
+    with torch.inference_mode():
+        diff = (peer(example).float() - base(example).float()).abs().max().item()
+    if not diff <= PEER_TOLERANCE:
+        raise ValueError(f"{key} logits differ from vitkit's by {diff:.3g} on the same input: the weights did not "
+                         "map onto the peer, so it is not compared")
+    return peer
 
 
 def example_batch(entry: dict, batch: int, device: str) -> torch.Tensor:
@@ -59,36 +69,41 @@ def example_batch(entry: dict, batch: int, device: str) -> torch.Tensor:
     return x.to(device)
 
 
-def probe(job: dict) -> dict:
-    """Peak memory of one variant alone: weights, runtime and activations, at each batch size."""
+def probe(job: dict, save) -> dict:
+    """Peak memory of one variant alone: weights, runtime and activations, at each batch size. The result
+    is saved after every batch size, so if the process is killed the parent still has the ones before."""
     device, entry = job["device"], job["model"]
     base = load_base(job)
     model = build(base, job["key"], example_batch(entry, 2, device), job)
     del base
     gc.collect()
     cuda = device.startswith("cuda")
-    memory = {}
+    result = {"memory_mb": {}, "memory_kind": "cuda_max_allocated" if cuda else "peak_rss"}
     for batch in job["batch_sizes"]:
-        x = example_batch(entry, batch, device)
         gc.collect()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         elif not reset_peak_rss():
-            memory["note"] = "peak RSS could not be reset: each value is the peak so far"
+            result["memory_note"] = "peak RSS could not be reset here: each value is the peak so far"
         try:
+            x = example_batch(entry, batch, device)
             with torch.inference_mode():
                 for _ in range(2):
                     model(x)
-            memory[str(batch)] = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb()
-        except (RuntimeError, MemoryError) as err:
-            memory[str(batch)] = {"error": error_text(err)}
-        shown = memory[str(batch)]
-        say(f"{job['key']} batch {batch}: " + (f"{shown:.0f} MiB" if isinstance(shown, float) else shown["error"]))
-        del x
-    return {"memory_mb": memory, "memory_kind": "cuda_max_allocated" if cuda else "peak_rss"}
+            del x
+            value = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb()
+            say(f"{job['key']} batch {batch}: {value:.0f} MiB")
+        except Exception as err:  # noqa: BLE001 - recorded for this batch size; the others still run
+            value = {"error": error_text(err)}
+            say(f"{job['key']} batch {batch}: {value['error']}")
+        result["memory_mb"][str(batch)] = value
+        save(result)
+    return result
 
 
-def measure(job: dict) -> dict:
+def measure(job: dict, save) -> dict:
+    """Build every variant, time them interleaved at each batch size, then latency, FLOPs and accuracy.
+    `job["batch_sizes_by_key"]` leaves out the batch sizes a variant's probe could not run."""
     device, entry = job["device"], job["model"]
     base = load_base(job)
     results, modules = {}, {}
@@ -100,51 +115,79 @@ def measure(job: dict) -> dict:
         except Exception as err:  # noqa: BLE001 - one variant that cannot be built must not stop the rest
             results[key] = {"error": error_text(err)}
         say(f"built {key}" + (f": {results[key]['error']}" if "error" in results[key] else ""))
+    count_cost(job, base, modules, results)
+    save({"variants": results})
 
+    opts, allowed = job["timing"], job["batch_sizes_by_key"]
+    with torch.inference_mode():
+        for batch in job["batch_sizes"]:
+            keys = [k for k in modules if batch in allowed[k]]
+            times = time_batch(entry, batch, device, {k: modules[k] for k in keys}, results, opts,
+                               repeats=opts["repeats"], min_run_s=opts["min_run_s"])
+            for key, t in times.items():
+                results[key].setdefault("throughput", {})[str(batch)] = summary(t, batch)
+            say(f"batch {batch}: " + ", ".join(f"{k} {summary(t, batch)['img_per_s']:.1f} img/s"
+                                               for k, t in times.items()))
+            save({"variants": results})
+        keys = [k for k in modules if 1 in allowed[k] and "1" not in results[k].get("batch_errors", {})]
+        times = time_batch(entry, 1, device, {k: modules[k] for k in keys}, results, opts,
+                           repeats=opts["latency_runs"], min_run_s=0.0)
+        for key, t in times.items():
+            results[key]["latency_ms"] = {"p50": percentile(t, 50) * 1e3, "p95": percentile(t, 95) * 1e3}
+        say("latency at batch 1 done")
+    save({"variants": results})
+    if job.get("data"):
+        evaluate(job, base, modules, results)
+    return {"variants": results}
+
+
+def time_batch(entry, batch, device, modules, results, opts, repeats, min_run_s) -> dict[str, list[float]]:
+    """Seconds per call of each module at this batch size, interleaved; a module that fails here is
+    recorded in its `batch_errors` and left out, and if the interleaved run fails each is timed alone."""
+    try:
+        x = example_batch(entry, batch, device)
+    except Exception as err:  # noqa: BLE001 - e.g. the input alone does not fit
+        for key in modules:
+            results[key].setdefault("batch_errors", {})[str(batch)] = error_text(err)
+        return {}
+    runnable = {}
+    for key, module in modules.items():
+        try:
+            module(x)
+            runnable[key] = lambda m=module, x=x: m(x)
+        except Exception as err:  # noqa: BLE001
+            results[key].setdefault("batch_errors", {})[str(batch)] = error_text(err)
+    try:
+        return time_interleaved(runnable, repeats=repeats, warmup=opts["warmup"], min_run_s=min_run_s, device=device)
+    except Exception:  # noqa: BLE001 - find which one fails rather than losing all
+        times = {}
+        for key, fn in runnable.items():
+            try:
+                times.update(time_interleaved({key: fn}, repeats=repeats, warmup=opts["warmup"],
+                                              min_run_s=min_run_s, device=device))
+            except Exception as err:  # noqa: BLE001
+                results[key].setdefault("batch_errors", {})[str(batch)] = error_text(err)
+        return times
+
+
+def count_cost(job: dict, base, modules: dict, results: dict) -> None:
+    """Parameters and FLOPs; precision and compilation do not change the arithmetic (see flop_variant)."""
+    entry, device = job["model"], job["device"]
     shape = (entry["in_chans"], entry["img_size"], entry["img_size"])
-    flops_cache = {}
+    cache = {}
     for key, module in modules.items():
         r = results[key]
         try:
             if key.startswith("peer:"):
                 r["params"], r["flops"] = count_params(module), count_flops(module, shape)
-            else:
-                spec = flop_variant(key)
-                if spec not in flops_cache:
-                    flops_cache[spec] = count_flops(build_variant(base, spec, example_batch(entry, 2, device),
-                                                                  Path(job["workdir"])), shape)
-                r["params"], r["flops"] = count_params(base), flops_cache[spec]
-        except Exception as err:  # noqa: BLE001 - a count that fails is left out, the timing still runs
-            r["flops_error"] = error_text(err)
-
-    opts = job["timing"]
-    with torch.inference_mode():
-        for batch in job["batch_sizes"]:
-            x = example_batch(entry, batch, device)
-            runnable = {}
-            for key, module in modules.items():
-                try:
-                    module(x)
-                    runnable[key] = lambda m=module, x=x: m(x)
-                except (RuntimeError, MemoryError) as err:
-                    results[key].setdefault("batch_errors", {})[str(batch)] = error_text(err)
-            times = time_interleaved(runnable, repeats=opts["repeats"], warmup=opts["warmup"],
-                                     min_run_s=opts["min_run_s"], device=device)
-            for key, t in times.items():
-                results[key].setdefault("throughput", {})[str(batch)] = summary(t, batch)
-            say(f"batch {batch}: " + ", ".join(f"{k} {summary(t, batch)['img_per_s']:.1f} img/s"
-                                               for k, t in times.items()))
-        x = example_batch(entry, 1, device)
-        runnable = {k: (lambda m=m, x=x: m(x)) for k, m in modules.items()
-                    if "1" not in results[k].get("batch_errors", {})}
-        times = time_interleaved(runnable, repeats=opts["latency_runs"], warmup=opts["warmup"], device=device)
-        for key, t in times.items():
-            results[key]["latency_ms"] = {"p50": percentile(t, 50) * 1e3, "p95": percentile(t, 95) * 1e3}
-        say("latency at batch 1 done")
-
-    if job.get("data"):
-        evaluate(job, base, modules, results)
-    return {"variants": results}
+                continue
+            spec = flop_variant(key)
+            if spec not in cache:
+                float_model = build_variant(base, spec, example_batch(entry, 2, device), Path(job["workdir"]))
+                cache[spec] = count_flops(float_model, shape)
+            r["params"], r["flops"] = count_params(base), cache[spec]
+        except Exception as err:  # noqa: BLE001 - the count is left out with its reason; the timing still runs
+            r["partial_errors"] = r.get("partial_errors", []) + [f"FLOPs not counted: {error_text(err)}"]
 
 
 def evaluate(job: dict, base, modules: dict, results: dict) -> None:
@@ -153,12 +196,16 @@ def evaluate(job: dict, base, modules: dict, results: dict) -> None:
     from ..evaluation.classification import evaluate_classifier
     from ..training.data_stream import eval_batches
 
-    dataset = build_dataset(job["data"], "test")
+    try:
+        dataset = build_dataset(job["data"], "test")
+    except Exception as err:  # noqa: BLE001 - recorded on every variant; the timings stand
+        for key in modules:
+            results[key]["partial_errors"] = results[key].get("partial_errors", []) + [
+                f"accuracy not measured: {error_text(err)}"]
+        return
+    info = dataset.info
     if job.get("eval_limit") and job["eval_limit"] < len(dataset):
         dataset = torch.utils.data.Subset(dataset, range(job["eval_limit"]))  # the first N: the same for all
-        info = dataset.dataset.info
-    else:
-        info = dataset.info
     transform = saved_model_eval_transform(base.config, getattr(base, "metadata", None) or {}, info.mean, info.std)
     for key, module in modules.items():
         try:
@@ -167,21 +214,31 @@ def evaluate(job: dict, base, modules: dict, results: dict) -> None:
             results[key].update(top1=report.top1, loss=report.loss, eval_samples=report.num_samples)
             say(f"accuracy {key}: {report.top1 * 100:.2f}%")
         except Exception as err:  # noqa: BLE001
-            results[key]["eval_error"] = error_text(err)
+            results[key]["partial_errors"] = results[key].get("partial_errors", []) + [
+                f"accuracy not measured: {error_text(err)}"]
 
 
 def main(argv: list[str]) -> int:
     job_path, result_path = Path(argv[0]), Path(argv[1])
     job = json.loads(job_path.read_text())
     torch.set_num_threads(job["threads"])
+
+    last: dict = {}
+
+    def save(result: dict) -> None:
+        last.clear()
+        last.update(json.loads(json.dumps(result)))
+        tmp = result_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result))
+        os.replace(tmp, result_path)
+
     try:
-        result = probe(job) if job["kind"] == "probe" else measure(job)
-    except Exception as err:  # noqa: BLE001 - the parent records it; the traceback goes to stderr
+        result = probe(job, save) if job["kind"] == "probe" else measure(job, save)
+    except Exception as err:  # noqa: BLE001 - the parent records it with what was saved before
         traceback.print_exc()
-        result = {"error": error_text(err)}
-    tmp = result_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, result_path)
+        result = {**last, "error": error_text(err)}
+    result["complete"] = True
+    save(result)
     return 0
 
 

@@ -51,6 +51,8 @@ def timm_kwargs_from(config) -> tuple[str, dict[str, Any]]:
     if not isinstance(config, ViTConfig) or config.conv_stem:
         raise ValueError("no timm VisionTransformer equals this model" + (" (it has a conv stem)" if
                                                                           getattr(config, "conv_stem", ()) else ""))
+    if config.global_pool not in ("token", "avg", "max", "avgmax", ""):
+        raise ValueError(f"timm's VisionTransformer has no global_pool={config.global_pool!r}")
     names = ("img_size", "patch_size", "in_chans", "num_classes", "global_pool", "embed_dim", "depth", "num_heads",
              "mlp_ratio", "qkv_bias", "qk_norm", "init_values", "class_token", "reg_tokens", "no_embed_class",
              "pre_norm", "final_norm", "fc_norm")
