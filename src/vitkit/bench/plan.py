@@ -17,6 +17,7 @@ class ModelEntry:
     in_chans: int
     num_classes: int
     saved_spec: str | None = None  # the spec `vitkit optimize` saved with it (bench measures its float weights)
+    peer_keys: list[str] = dataclasses.field(default_factory=list)  # "peer:hf", ... that can run this model
 
 
 @dataclasses.dataclass
@@ -52,7 +53,7 @@ def _split(text: str | list[str] | None) -> list[str]:
     return [t.strip() for t in text if t.strip()]
 
 
-def _resolve_model(text: str) -> ModelEntry:
+def _resolve_model(text: str, peers: list[str], notes: list[str]) -> ModelEntry:
     path = Path(text).expanduser()
     if path.is_dir():
         from ..weights import load
@@ -60,11 +61,42 @@ def _resolve_model(text: str) -> ModelEntry:
         model = load(path, optimized=False)  # loads once here so that a broken checkpoint fails now
         config, spec = model.config, (getattr(model, "metadata", None) or {}).get("optimize")
         name = path.name if path.name not in ("best", "final") else f"{path.parent.name}/{path.name}"
-        return ModelEntry(name, str(path.resolve()), True, config.img_size, config.in_chans, config.num_classes, spec)
-    if os.sep in text or text.startswith("."):
+        entry = ModelEntry(name, str(path.resolve()), True, config.img_size, config.in_chans, config.num_classes, spec)
+    elif os.sep in text or text.startswith("."):
         raise ValueError(f"model directory {text} does not exist")
-    config = model_config(text)
-    return ModelEntry(text, text, False, config.img_size, config.in_chans, config.num_classes)
+    else:
+        config = model_config(text)
+        entry = ModelEntry(text, text, False, config.img_size, config.in_chans, config.num_classes)
+    entry.peer_keys = _peers_for(entry.name, config, peers, notes)
+    return entry
+
+
+def _peers_for(name: str, config, peers: list[str], notes: list[str]) -> list[str]:
+    """The peers that can run this model; why each other cannot goes to the notes."""
+    keys = []
+    for peer in peers:
+        library = PEERS[peer]
+        try:
+            __import__(library)
+        except Exception as err:  # noqa: BLE001 - timm raises more than ImportError when torchvision is broken
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+            note = f"{library} skipped: it does not import here ({reason})"
+            if note not in notes:
+                notes.append(note)
+            continue
+        try:
+            if peer == "hf":
+                from ..weights.hf import hf_config_from
+
+                hf_config_from(config)
+            else:
+                from ..weights.timm import timm_kwargs_from
+
+                timm_kwargs_from(config)
+            keys.append(f"peer:{peer}")
+        except ValueError as err:
+            notes.append(f"{library} skipped for {name}: {err}")
+    return keys
 
 
 def make_plan(models: str | list[str], specs: str | list[str] = "none", *, checkpoint: str | None = None,
@@ -75,11 +107,14 @@ def make_plan(models: str | list[str], specs: str | list[str] = "none", *, check
     """Every problem with the request at once, as one ValueError; else the plan."""
     import torch
 
-    errors = []
-    entries = []
+    errors, entries, notes = [], [], []
+    peer_list = [p.lower() for p in _split(peers)]
+    for p in peer_list:
+        if p not in PEERS:
+            errors.append(f"unknown peer {p!r}; valid peers: {', '.join(PEERS)}")
     for text in _split(models) + _split(checkpoint):
         try:
-            entries.append(_resolve_model(text))
+            entries.append(_resolve_model(text, [p for p in PEERS if p in peer_list], notes))
         except (ValueError, FileNotFoundError) as err:
             errors.append(str(err))
     if not entries and not errors:
@@ -118,11 +153,6 @@ def make_plan(models: str | list[str], specs: str | list[str] = "none", *, check
     if threads is not None and threads < 1:
         errors.append(f"--threads must be at least 1, got {threads}")
 
-    peer_list = [p.lower() for p in _split(peers)]
-    for p in peer_list:
-        if p not in PEERS:
-            errors.append(f"unknown peer {p!r}; valid peers: {', '.join(PEERS)}")
-
     sizes = _split(batch_sizes) if isinstance(batch_sizes, str) else list(batch_sizes or [])
     try:
         sizes = sorted({int(b) for b in sizes}) or ([1, 8] if quick else [1, 32])
@@ -149,7 +179,7 @@ def make_plan(models: str | list[str], specs: str | list[str] = "none", *, check
         data=data, quick=quick, threads=threads or torch.get_num_threads(), device=device,
         repeats=repeats or (5 if quick else 10), warmup=1 if quick else 3, latency_runs=10 if quick else 50,
         min_run_s=0.05 if quick else 0.2, eval_limit=eval_limit or (1000 if quick else None),
-        timeout_s=timeout_s, memory_limit_mb=memory_limit_mb,
+        timeout_s=timeout_s, memory_limit_mb=memory_limit_mb, notes=notes,
     )
     return plan
 

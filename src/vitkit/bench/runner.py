@@ -11,10 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-from .plan import BenchPlan, ModelEntry
+from .plan import BenchPlan
 from .report import assemble, write_report
 from .timing import machine_info
-from .variants import PEERS
 from .worker import PROGRESS
 
 
@@ -100,50 +99,16 @@ def run_worker(job: dict, workdir: Path, plan: BenchPlan, display: Display) -> d
     return result
 
 
-def peer_keys(entry: ModelEntry, plan: BenchPlan, notes: list[str]) -> list[str]:
-    """The peers that can run this model; the reason for each that cannot goes to the notes."""
-    from ..models import model_config
-
-    keys = []
-    for peer in plan.peers:
-        library = PEERS[peer]
-        try:
-            __import__("transformers" if peer == "hf" else "timm")
-        except Exception as err:  # noqa: BLE001 - timm raises more than ImportError when torchvision is broken
-            reason = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
-            note = f"{library} skipped: it does not import here ({reason})"
-            if note not in notes:
-                notes.append(note)
-            continue
-        try:
-            if entry.is_checkpoint:
-                from ..weights import load
-
-                config = load(entry.source, optimized=False).config
-            else:
-                config = model_config(entry.source)
-            if peer == "hf":
-                from ..weights.hf import hf_config_from
-
-                hf_config_from(config)
-            else:
-                from ..weights.timm import timm_kwargs_from
-
-                timm_kwargs_from(config)
-            keys.append(f"peer:{peer}")
-        except ValueError as err:
-            notes.append(f"{library} skipped for {entry.name}: {err}")
-    return keys
-
-
 def run_bench(plan: BenchPlan, out: str | os.PathLike, progress: bool = True, command: str | None = None) -> dict:
     """Measure everything in `plan` and write the report to `out` (replaced only once it is complete)."""
     out = check_output_dir(Path(out))
     notes = list(plan.notes)
-    keys = {e.name: list(plan.variants) + peer_keys(e, plan, notes) for e in plan.models}
+    keys = {e.name: list(plan.variants) + e.peer_keys for e in plan.models}
     display = Display(sum(len(k) + 1 for k in keys.values()), progress)
     display.line(f"vitkit bench: {len(plan.models)} model(s) x {len(plan.variants)} spec(s)"
                  f"{' + peers' if plan.peers else ''}, batch sizes {plan.batch_sizes}, {plan.threads} threads")
+    for note in plan.notes:
+        display.line(f"  note: {note}")
     raw = {}
     with tempfile.TemporaryDirectory(prefix="vitkit-bench-") as tmp:
         for index, entry in enumerate(plan.models):
