@@ -44,20 +44,34 @@ def is_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> bool:
     return any(k.startswith(_HF_PREFIXES) or k.startswith("embeddings.patch_embeddings") for k in state_dict)
 
 
-_RENAMES = [
-    (r"embeddings\.cls_token", "cls_token"),
-    (r"embeddings\.distillation_token", "dist_token"),
-    (r"embeddings\.position_embeddings", "pos_embed"),
-    (r"embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
-    (r"encoder\.layer\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
-    (r"encoder\.layer\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
-    (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"blocks.\1.attn.proj."),
-    (r"encoder\.layer\.(\d+)\.intermediate\.dense\.", r"blocks.\1.mlp.fc1."),
-    (r"encoder\.layer\.(\d+)\.output\.dense\.", r"blocks.\1.mlp.fc2."),
-    (r"^layernorm\.", "norm."),
-    (r"^(classifier|cls_classifier)\.", "head."),
+# One table for both directions: (Hugging Face name, vitkit name); {} stands for a block index.
+_NAMES = [
+    ("embeddings.cls_token", "cls_token"),
+    ("embeddings.distillation_token", "dist_token"),
+    ("embeddings.position_embeddings", "pos_embed"),
+    ("embeddings.patch_embeddings.projection.", "patch_embed.proj."),
+    ("encoder.layer.{}.layernorm_before.", "blocks.{}.norm1."),
+    ("encoder.layer.{}.layernorm_after.", "blocks.{}.norm2."),
+    ("encoder.layer.{}.attention.output.dense.", "blocks.{}.attn.proj."),
+    ("encoder.layer.{}.intermediate.dense.", "blocks.{}.mlp.fc1."),
+    ("encoder.layer.{}.output.dense.", "blocks.{}.mlp.fc2."),
+    ("layernorm.", "norm."),
+]
+
+
+def _pattern(template: str) -> str:
+    return "^" + r"(\d+)".join(re.escape(part) for part in template.split("{}"))
+
+
+def _replacement(template: str) -> str:
+    return template.replace("{}", r"\1")
+
+
+_RENAMES = [(_pattern(hf), _replacement(ours)) for hf, ours in _NAMES] + [
+    (r"^(classifier|cls_classifier)\.", "head."),  # the classifier names depend on the model; see hf_state_dict_from
     (r"^distillation_classifier\.", "head_dist."),
 ]
+_TO_HF = [(_pattern(ours), _replacement(hf)) for hf, ours in _NAMES]
 # Weights the vitkit model has no use for: HF's unused mask token and pooler.
 _DROPPED = re.compile(r"(embeddings\.mask_token|^pooler\.)")
 
@@ -82,20 +96,6 @@ def convert_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
             raise ValueError(f"Hugging Face checkpoint: layer {layer} has no attention {sorted(missing)} {kind}")
         out[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
     return out
-
-
-_TO_HF = [
-    (r"^cls_token$", "embeddings.cls_token"),
-    (r"^dist_token$", "embeddings.distillation_token"),
-    (r"^pos_embed$", "embeddings.position_embeddings"),
-    (r"^patch_embed\.proj\.", "embeddings.patch_embeddings.projection."),
-    (r"^blocks\.(\d+)\.norm1\.", r"encoder.layer.\1.layernorm_before."),
-    (r"^blocks\.(\d+)\.norm2\.", r"encoder.layer.\1.layernorm_after."),
-    (r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layer.\1.attention.output.dense."),
-    (r"^blocks\.(\d+)\.mlp\.fc1\.", r"encoder.layer.\1.intermediate.dense."),
-    (r"^blocks\.(\d+)\.mlp\.fc2\.", r"encoder.layer.\1.output.dense."),
-    (r"^norm\.", "layernorm."),
-]
 
 
 def hf_config_from(config) -> dict:
