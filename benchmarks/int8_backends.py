@@ -1,4 +1,4 @@
-"""Which int8 path is fastest here: torch.ao dynamic quantization, onnxruntime, or torchao.
+"""Which int8 path is fastest here: torch.ao dynamic quantization, onnxruntime (dynamic or static), or torchao.
 
     python benchmarks/int8_backends.py [--model vit_small_patch16_224] [--batch 32] [--repeats 5]
 
@@ -59,6 +59,9 @@ def main() -> int:
             "torch.ao dynamic int8": vitkit.optimize(model, "int8"),
             "onnxruntime fp32": OnnxModel(onnx_fp32),
             "onnxruntime dynamic int8": OnnxModel(quantize_onnx_int8(onnx_fp32, Path(tmp) / "m8.onnx")),
+            # speed only: random weights, so random calibration images are as good as any
+            "onnxruntime static int8 (calibrated)": OnnxModel(quantize_onnx_int8(
+                onnx_fp32, Path(tmp) / "m8s.onnx", calibration=[torch.randn_like(x[:8]) for _ in range(4)])),
         }
         if args.torchao:
             variants.update(torchao_variants(model, x))

@@ -205,24 +205,37 @@ def cmd_optimize(args) -> int:
 
 
 def cmd_export(args) -> int:
+    import vitkit
+    from vitkit.efficiency import parse_spec, spec_to_string
     from vitkit.efficiency.onnx_export import OnnxModel, export_onnx, quantize_onnx_int8
 
-    model, meta = _load_for_inference(args.checkpoint, optimized=False)  # ONNX starts from the float model
     if not args.onnx:
         raise ValueError("nothing to export: give --onnx OUT.onnx")
+    items = parse_spec(args.spec)
+    precision = [item.name for item in items if item.name not in ("tome", "evit")]
+    if precision:
+        raise ValueError(f"--spec for ONNX takes token reduction only (tome, evit), not {', '.join(precision)}: "
+                         "int8 is onnxruntime's (--int8), and the graph is what onnxruntime optimizes")
+    if args.calibrate is not None and not (args.int8 and args.data and args.calibrate > 0):
+        raise ValueError("--calibrate N (static int8) needs --int8, --data (its train split calibrates) and N > 0")
+    model, meta = _load_for_inference(args.checkpoint, optimized=False)  # ONNX starts from the float model
+    reference = vitkit.optimize(model, items) if items else model
     out = Path(args.onnx)
     if args.int8:
+        calibration = _calibration_batches(model, meta, args.data, args.calibrate) if args.calibrate else None
         with tempfile.TemporaryDirectory() as tmp:
-            quantize_onnx_int8(export_onnx(model, Path(tmp) / "fp32.onnx"), out)
+            quantize_onnx_int8(export_onnx(reference, Path(tmp) / "fp32.onnx"), out, calibration=calibration)
     else:
-        export_onnx(model, out)
+        export_onnx(reference, out)
     session = OnnxModel(out, model.config)
     c = model.config
-    print(f"written: {out} ({out.stat().st_size / 1e6:.2f} MB, {'int8' if args.int8 else 'fp32'}, dynamic batch)")
+    kind = ("static int8" if args.calibrate else "int8") if args.int8 else "fp32"
+    print(f"written: {out} ({out.stat().st_size / 1e6:.2f} MB, {kind}, "
+          f"spec {spec_to_string(items)}, dynamic batch)")
     for batch in (1, 7):
         x = torch.randn(batch, c.in_chans, c.img_size, c.img_size)
         with torch.no_grad():
-            diff = (session(x) - model(x)).abs().max().item()
+            diff = (session(x) - reference(x)).abs().max().item()
         print(f"batch {batch}: max |onnxruntime - pytorch fp32| = {diff:.3g}")
     if args.data:
         from vitkit.data import build_dataset
@@ -234,12 +247,28 @@ def cmd_export(args) -> int:
         worst = 0.0
         for images, _ in eval_batches(dataset, transform, 256):
             with torch.no_grad():
-                ref, got = model(images), session(images)
+                ref, got = reference(images), session(images)
             same += (ref.argmax(-1) == got.argmax(-1)).sum().item()
             total += len(images)
             worst = max(worst, (ref - got).abs().max().item())
         print(f"{args.data} test ({total} images): top-1 identical for {same}/{total}, max |diff| {worst:.3g}")
     return 0
+
+
+def _calibration_batches(model, meta, data: str, count: int, batch_size: int = 64) -> list:
+    """The first `count` images of the training split, evaluated as at test time."""
+    from vitkit.data import build_dataset
+    from vitkit.training.data_stream import eval_batches
+
+    dataset = build_dataset(data, "train")
+    transform = _eval_transform(model, meta, dataset.info.mean, dataset.info.std)
+    batches, seen = [], 0
+    for images, _ in eval_batches(dataset, transform, batch_size):
+        batches.append(images[:count - seen])
+        seen += len(batches[-1])
+        if seen >= count:
+            break
+    return batches
 
 
 def cmd_predict(args) -> int:
@@ -333,13 +362,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="model directory (e.g. runs/fashion_mnist/best)")
     p.add_argument("--onnx", help="output .onnx path")
     p.add_argument("--int8", action="store_true", help="onnxruntime dynamic int8 quantization (head stays float)")
+    p.add_argument("--calibrate", type=int, metavar="N",
+                   help="static int8: fix activation ranges from N images of --data's train split (default: dynamic)")
+    p.add_argument("--spec", help="token reduction to build into the graph, e.g. 'tome:r=13' (compared with the same "
+                                  "spec in PyTorch)")
     p.add_argument("--data", help="also compare top-1 with PyTorch on this dataset's test split")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="accuracy, speed, memory and FLOPs of models x specs, with peers; HTML report",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="Specs are separated by commas; the items of one spec are joined with '+', e.g.\n"
-                              "  --specs none,bf16,tome:r=8,tome:r=8+int8,onnx,onnx-int8\nspec items:\n"
+                              "  --specs none,bf16,tome:r=8,tome:r=8+int8,onnx,onnx-int8,tome:r=8+onnx-int8\n"
+                              "(onnx / onnx-int8 last: the spec's token reduction exported and run in onnxruntime)\n"
+                              "spec items:\n"
                               + valid_items_help())
     p.add_argument("--models", help="registered names and/or saved model directories, comma-separated")
     p.add_argument("--specs", default="none", help="optimization specs to compare (default: none)")

@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import vitkit
 from vitkit.bench import make_plan, run_bench
 from vitkit.bench.report import COLUMNS, mark_pareto, pareto_front, write_report
 from vitkit.bench.runner import Display, run_worker
+from vitkit.bench.variants import build_variant, flop_variant
 
 pytest.importorskip("transformers", reason="transformers is a dev dependency: pip install -e .[dev]")
 
@@ -75,6 +77,24 @@ def test_plan_canonicalises_specs_and_puts_the_baseline_first():
     plan = make_plan("vit_pico_patch4_32", "tome:r=2+int8, onnx, none, TOME:r=2 + int8,int8", quick=True)
     assert plan.variants == ["none", "tome:r=2,int8", "onnx", "int8"]  # ',' separates specs, '+' joins items
     assert plan.batch_sizes == [1, 8] and plan.repeats >= 5
+
+
+def test_token_reduction_runs_in_onnxruntime_too(tmp_path):
+    plan = make_plan("vit_pico_patch4_32", "TOME:r=2 + onnx-int8, evit:keep=0.5+onnx", quick=True)
+    assert plan.variants == ["none", "tome:r=2,onnx-int8", "evit:keep=0.5,onnx"]
+    with pytest.raises(ValueError) as err:
+        make_plan("vit_pico_patch4_32", "int8+onnx,onnx+onnx-int8")
+    assert "does not take int8" in str(err.value) and "names 2 runtimes" in str(err.value)
+
+    model = vitkit.create_model("vit_pico_patch4_32").eval()
+    x = torch.randn(3, 3, 32, 32)
+    in_torch = build_variant(model, "tome:r=2", x, tmp_path)
+    in_ort = build_variant(model, "tome:r=2,onnx", x, tmp_path)
+    plain_ort = build_variant(model, "onnx", x, tmp_path)
+    with torch.no_grad():
+        assert (in_ort(x) - in_torch(x)).abs().max() <= 1e-4
+        assert (plain_ort(x) - model(x)).abs().max() <= 1e-4  # one file per spec, not the first one reused
+    assert flop_variant("tome:r=2,onnx-int8") == "tome:r=2"
 
 
 def test_cli_refuses_unknown_names_without_touching_out(tmp_path):

@@ -72,6 +72,24 @@ def test_bad_options_are_named(tmp_path):
         TrainConfig(batch_size=30, accum_steps=4)
     with pytest.raises(ValueError, match=r"batch_size 512 is larger than the training set \(128 images\)"):
         train(config(tmp_path, batch_size=512))
+    with pytest.raises(ValueError, match=r"sdpa_backend must be one of math, flash_attention, .* got 'fast'"):
+        TrainConfig(sdpa_backend="fast")
+
+
+def test_attention_kernel_choice_trains_the_same_model(tmp_path, monkeypatch):
+    """sdpa_backend picks torch's kernel for the training steps only; the arithmetic is the same."""
+    import torch.nn.attention as attention
+
+    chosen = []
+    real = attention.sdpa_kernel
+    monkeypatch.setattr("vitkit.training.trainer.sdpa_kernel", lambda b: chosen.append(b) or real(b))
+    a = train(config(tmp_path / "a", max_steps=3, auto_augment=None, re_prob=0.0))
+    b = train(config(tmp_path / "b", max_steps=3, auto_augment=None, re_prob=0.0, sdpa_backend="math"))
+    assert chosen and set(chosen) == {attention.SDPBackend.MATH}
+    wa = load_file(Path(a["output"]) / "final" / "model.safetensors")
+    wb = load_file(Path(b["output"]) / "final" / "model.safetensors")
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], atol=1e-4, rtol=1e-3)
 
 
 def test_optimizer_groups_and_schedule():

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 from ..models import model_config
-from .variants import PEERS, RUNTIMES, canonical_variant
+from .variants import PEERS, RUNTIMES, canonical_variant, uses_onnxruntime
 
 
 @dataclasses.dataclass
@@ -137,9 +137,9 @@ def make_plan(models: str | list[str], specs: str | list[str] = "none", *, check
     variants.insert(0, "none")
     if device != "cpu" and not device.startswith("cuda"):
         errors.append(f"--device {device!r}: expected cpu, cuda or cuda:N")
-    if device != "cpu" and any(v in RUNTIMES for v in variants):
+    if device != "cpu" and any(uses_onnxruntime(v) for v in variants):
         errors.append(f"{'/'.join(RUNTIMES)} run in onnxruntime on the CPU; use --device cpu for them")
-    if any(v in RUNTIMES for v in variants):
+    if any(uses_onnxruntime(v) for v in variants):
         try:
             import onnxruntime  # noqa: F401
         except ImportError:

@@ -1,6 +1,7 @@
 """What `vitkit bench` can run: a model under an optimization spec, in onnxruntime, or as a peer library's
 model carrying the same weights."""
 
+import re
 import warnings
 from pathlib import Path
 
@@ -8,46 +9,68 @@ import torch
 from torch import nn
 
 from ..efficiency import optimize, parse_spec
-from ..efficiency.spec import spec_to_string
+from ..efficiency.spec import spec_to_string, split_top_level
 
 RUNTIMES = ("onnx", "onnx-int8")  # the exported model in onnxruntime, fp32 or int8
 PEERS = {"hf": "transformers", "timm": "timm"}
 PRECISION_ITEMS = ("int8", "bf16", "compile")  # change how the arithmetic runs, not how much there is
 
 
+def split_runtime(variant: str) -> tuple[str, str | None]:
+    """'tome:r=8,onnx-int8' -> ('tome:r=8', 'onnx-int8'); 'tome:r=8' -> ('tome:r=8', None)."""
+    *items, last = split_top_level(variant, ",")
+    if last in RUNTIMES:
+        return ",".join(items) or "none", last
+    return variant, None
+
+
 def canonical_variant(text: str) -> str:
-    """A spec in canonical form ('tome:r=8,int8'), or an onnx runtime name; ValueError if invalid.
-    In a list of variants, items of one spec are joined with '+': 'tome:r=8+int8'."""
-    text = text.strip().lower()
-    if text in RUNTIMES:
-        return text
-    return spec_to_string(parse_spec(text.replace("+", ",")))
+    """A spec in canonical form ('tome:r=8,int8'), optionally ending in an onnx runtime ('tome:r=8,onnx-int8');
+    ValueError if invalid. In a list of variants, items of one spec are joined with '+': 'tome:r=8+int8'."""
+    items = [item for item in split_top_level(text.lower().replace(" ", "").replace("+", ","), ",") if item]
+    runtimes = [item for item in items if item in RUNTIMES]
+    if not runtimes:
+        return spec_to_string(parse_spec(",".join(items)))
+    if len(runtimes) > 1:
+        raise ValueError(f"{text!r} names {len(runtimes)} runtimes; choose one of {', '.join(RUNTIMES)}")
+    spec = parse_spec(",".join(item for item in items if item not in RUNTIMES))
+    precision = [item.name for item in spec if item.name in PRECISION_ITEMS]
+    if precision:
+        raise ValueError(f"{text!r}: {runtimes[0]} runs the exported float graph in onnxruntime, which does not take "
+                         f"{', '.join(precision)} (int8 there is onnx-int8)")
+    return ",".join([spec_to_string(spec)] * bool(spec) + runtimes)
 
 
 def build_variant(model: nn.Module, variant: str, example: torch.Tensor, workdir: Path) -> nn.Module:
     """`model` (untouched) under `variant`. ONNX files go to `workdir` and are reused if already there."""
-    if variant in RUNTIMES:
-        from ..efficiency.onnx_export import OnnxModel, export_onnx, quantize_onnx_int8
-
-        workdir.mkdir(parents=True, exist_ok=True)
-        path = workdir / "model.onnx"
-        if not path.is_file():
-            export_onnx(model, path)
-        if variant == "onnx-int8":
-            fp32, path = path, workdir / "model-int8.onnx"
-            if not path.is_file():
-                quantize_onnx_int8(fp32, path)
-        return OnnxModel(path, model.config)
+    spec, runtime = split_runtime(variant)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. bf16 without native support: the numbers speak
-        return optimize(model, variant, example=example[:2])
+        optimized = optimize(model, spec, example=example[:2])
+    if runtime is None:
+        return optimized
+    from ..efficiency.onnx_export import OnnxModel, export_onnx, quantize_onnx_int8
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    stem = "model" if spec == "none" else "model-" + re.sub(r"[^a-z0-9=.]+", "_", spec)
+    path = workdir / f"{stem}.onnx"
+    if not path.is_file():
+        export_onnx(optimized, path)
+    if runtime == "onnx-int8":
+        fp32, path = path, workdir / f"{stem}-int8.onnx"
+        if not path.is_file():
+            quantize_onnx_int8(fp32, path)
+    return OnnxModel(path, model.config)
+
+
+def uses_onnxruntime(variant: str) -> bool:
+    return split_runtime(variant)[1] is not None
 
 
 def flop_variant(variant: str) -> str:
-    """The float spec with the same arithmetic: FLOPs do not depend on precision or compilation."""
-    if variant in RUNTIMES:
-        return "none"
-    return spec_to_string([item for item in parse_spec(variant) if item.name not in PRECISION_ITEMS])
+    """The float spec with the same arithmetic: FLOPs do not depend on precision, compilation or runtime."""
+    spec, _ = split_runtime(variant)
+    return spec_to_string([item for item in parse_spec(spec) if item.name not in PRECISION_ITEMS])
 
 
 class LogitsOnly(nn.Module):

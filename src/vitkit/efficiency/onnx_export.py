@@ -5,6 +5,7 @@ Needs the `onnx` extra (onnx, onnxscript, onnxruntime): `pip install vitkit[onnx
 
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -24,13 +25,14 @@ def _require_onnx():
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 20) -> Path:
-    """Write `model` (float32, eval) as ONNX with inputs `images` (batch, C, H, W) and outputs `logits`."""
-    _require_onnx()
-    from .reducer import reduces_tokens
+    """Write `model` (float32, eval) as ONNX with inputs `images` (batch, C, H, W) and outputs `logits`.
 
-    if reduces_tokens(model):
-        raise ValueError("export the model without tome/evit: ONNX graphs of data-dependent token selection "
-                         "are not supported by vitkit yet")
+    Token merging and pruning export too: how many tokens each block keeps depends only on the input
+    size, so the graph is static; which tokens merge is computed in the graph (ArgMax, TopK, Gather,
+    ScatterElements). Precision and compilation are onnxruntime's business: export the float model and
+    quantize the file (`quantize_onnx_int8`)."""
+    _require_onnx()
+    check_exportable(model)
     c = model.config
     model = model.eval()
     example = torch.randn(2, c.in_chans, c.img_size, c.img_size)
@@ -48,28 +50,73 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 20) -> P
     return Path(path)
 
 
-def quantize_onnx_int8(src: str | os.PathLike, dst: str | os.PathLike, keep_head_float: bool = True) -> Path:
-    """onnxruntime dynamic int8 (weights int8, activations quantized per batch) of the MatMul/Gemm nodes;
-    the classifier head stays float by default."""
+def quantize_onnx_int8(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    keep_head_float: bool = True,
+    calibration: Iterable[torch.Tensor] | None = None,
+) -> Path:
+    """int8 MatMul/Gemm nodes that have a weight, through onnxruntime's quantizer. Products of two
+    activations (attention, ToMe's similarities) and, by default, the classifier head stay float.
+
+    Without `calibration`: dynamic (weights int8, each activation's range measured per batch at run
+    time). With `calibration` (image batches, normalized as the model expects): static, activation
+    ranges fixed from those batches (min/max), QLinearMatMul nodes."""
     _require_onnx()
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     proto = onnx.load(str(src))
     graph = proto.graph
     head_inputs = {init.name for init in graph.initializer if init.name.startswith(("head.", "head_dist."))}
-    exclude = [n.name for n in graph.node if keep_head_float and head_inputs & set(n.input)]
+    head_nodes = [n.name for n in graph.node if keep_head_float and head_inputs & set(n.input)]
+    # The quantizer first rewrites a Gemm as "<name>_MatMul" (+ Add); exclude the node under both names.
+    exclude = head_nodes + [f"{name}_MatMul" for name in head_nodes]
     # The exporter's intermediate shape annotations trip the quantizer's own shape inference; it
     # re-infers them anyway.
     del graph.value_info[:]
+    common = dict(op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=exclude,
+                  extra_options={"MatMulConstBOnly": True})
+
+    if calibration is not None:
+        input_name = graph.input[0].name
+        batches = iter(calibration)
+
+        class Reader(CalibrationDataReader):
+            def get_next(self):
+                batch = next(batches, None)
+                return None if batch is None else {input_name: batch.detach().float().cpu().numpy()}
 
     def write(tmp: str) -> None:
         onnx.save(proto, tmp)
-        quantize_dynamic(tmp, tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-                         nodes_to_exclude=exclude)
+        if calibration is None:
+            quantize_dynamic(tmp, tmp, weight_type=QuantType.QInt8, **common)
+        else:
+            quantize_static(tmp, tmp, Reader(), quant_format=QuantFormat.QOperator,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, **common)
 
     atomic_write(dst, write)
     return Path(dst)
+
+
+def check_exportable(model: nn.Module) -> None:
+    """A float32 PyTorch model: no int8 layers, no bf16 weights, not compiled."""
+    if hasattr(model, "_orig_mod"):
+        raise ValueError("export the model before torch.compile: leave 'compile' out of the spec")
+    quantized = [name for name, m in model.named_modules() if type(m).__module__.startswith("torch.ao.nn.quantized")]
+    if quantized:
+        raise ValueError(f"export the float model and quantize the ONNX file (int8 through onnxruntime) instead of "
+                         f"exporting torch int8 layers ({quantized[0]}, ...): leave 'int8' out of the spec")
+    not_float = sorted({str(p.dtype) for p in model.parameters() if p.dtype != torch.float32})
+    if not_float:
+        raise ValueError(f"ONNX export takes a float32 model; this one has {', '.join(not_float)} weights "
+                         "(leave 'bf16' out of the spec)")
 
 
 class OnnxModel(nn.Module):

@@ -34,11 +34,12 @@ class Mlp(nn.Module):
 
 def _chunk_rows(x: torch.Tensor) -> bool:
     """Only eager CPU inference: autograd, tracing, export and compilers need the plain graph."""
+    # The size test comes last: under torch.export it would put a guard on the symbolic batch size.
     return (
         x.device.type == "cpu"
         and not torch.is_grad_enabled()
-        and x.numel() // x.shape[-1] > CPU_INFERENCE_ROWS
         and not torch.jit.is_tracing()
         and not torch.compiler.is_compiling()
         and not torch.onnx.is_in_onnx_export()
+        and x.numel() // x.shape[-1] > CPU_INFERENCE_ROWS
     )

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+SDPA_BACKENDS = ("MATH", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION")
 
 
 @dataclass
@@ -43,6 +44,9 @@ class TrainConfig:
     # regularisation and precision
     ema_decay: float | None = None  # e.g. 0.9998; evaluated and saved beside the model
     amp: bool = False  # bf16 autocast (CPU with AVX512-BF16 / AMX, or CUDA)
+    # attention kernel for training steps (torch.nn.attention.SDPBackend name, e.g. "math"); None: torch
+    # chooses. On CPU with a few dozen tokens the unfused math path trains faster than flash.
+    sdpa_backend: str | None = None
     # distillation from any model vitkit can load
     teacher: str | None = None
     distill: str = "none"  # none | hard (DeiT, through the distillation token) | soft
@@ -76,6 +80,9 @@ class TrainConfig:
             problems.append(f"ema_decay must be in (0, 1), got {self.ema_decay}")
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             problems.append(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        if self.sdpa_backend is not None and self.sdpa_backend.upper() not in SDPA_BACKENDS:
+            problems.append(f"sdpa_backend must be one of {', '.join(b.lower() for b in SDPA_BACKENDS)} or null, "
+                            f"got {self.sdpa_backend!r}")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data import build_dataset
@@ -162,6 +163,12 @@ def _run_epochs(run: Run) -> dict:
     return _finish(run, report, time.perf_counter() - start)
 
 
+def _attention_kernel(cfg: TrainConfig):
+    if cfg.sdpa_backend is None:
+        return nullcontext()
+    return sdpa_kernel(getattr(SDPBackend, cfg.sdpa_backend.upper()))
+
+
 def _train_step(run: Run, images: torch.Tensor, targets: torch.Tensor) -> float:
     cfg, dist = run.cfg, run.dist
     run.ddp_model.train()
@@ -175,7 +182,7 @@ def _train_step(run: Run, images: torch.Tensor, targets: torch.Tensor) -> float:
         xs, ys = x[lo:lo + shard].to(run.device), y[lo:lo + shard].to(run.device)
         sync = a == cfg.accum_steps - 1 or not dist.enabled
         with (nullcontext() if sync else run.ddp_model.no_sync()):
-            with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+            with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=cfg.amp), _attention_kernel(cfg):
                 loss = run.criterion(xs, run.ddp_model(xs), ys) / cfg.accum_steps
             loss.backward()
         total += loss.item()
