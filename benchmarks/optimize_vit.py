@@ -6,8 +6,8 @@
 
 All variants run in this one process on the same input, warmed up, interleaved (the order reverses
 every round), median of --repeats; throughput ratios are against `none` (fp32 eager) from the same
-rounds. Besides `vitkit.optimize` specs, `onnx` and `onnx-int8` run the exported model in
-onnxruntime. Prints JSON and a markdown table for BENCHMARKS.md.
+rounds. Besides `vitkit.optimize` specs, a spec ending in `onnx` or `onnx-int8` (`tome:r=13,onnx-int8`)
+runs the exported model, token reduction included, in onnxruntime. Prints JSON and a markdown table for BENCHMARKS.md.
 """
 
 import argparse
@@ -35,7 +35,8 @@ def main() -> int:
     parser.add_argument("--checkpoint", help="a trained model directory; with --data also measures accuracy")
     parser.add_argument("--data", help="dataset for accuracy (test split)")
     parser.add_argument("--specs", default=",".join(VIT_S_SPECS).replace(",", ";"),
-                        help="variants separated by ';' (each a spec such as 'tome:r=13,int8'), plus onnx, onnx-int8")
+                        help="variants separated by ';' (each a spec such as 'tome:r=13,int8'); "
+                             "a spec may end in onnx or onnx-int8")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)

@@ -130,6 +130,9 @@ class OnnxModel(nn.Module):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
+        # onnxruntime's threads otherwise spin for a while after each run, taking the cores from whatever
+        # runs next in the process (PyTorch, in every side-by-side comparison vitkit makes)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.config = config
