@@ -207,15 +207,12 @@ def cmd_optimize(args) -> int:
 def cmd_export(args) -> int:
     import vitkit
     from vitkit.efficiency import parse_spec, spec_to_string
-    from vitkit.efficiency.onnx_export import OnnxModel, export_onnx, quantize_onnx_int8
+    from vitkit.efficiency.onnx_export import OnnxModel, check_onnx_spec, export_onnx, quantize_onnx_int8
 
     if not args.onnx:
         raise ValueError("nothing to export: give --onnx OUT.onnx")
     items = parse_spec(args.spec)
-    precision = [item.name for item in items if item.name not in ("tome", "evit")]
-    if precision:
-        raise ValueError(f"--spec for ONNX takes token reduction only (tome, evit), not {', '.join(precision)}: "
-                         "int8 is onnxruntime's (--int8), and the graph is what onnxruntime optimizes")
+    check_onnx_spec(items)
     if args.calibrate is not None and not (args.int8 and args.data and args.calibrate > 0):
         raise ValueError("--calibrate N (static int8) needs --int8, --data (its train split calibrates) and N > 0")
     model, meta = _load_for_inference(args.checkpoint, optimized=False)  # ONNX starts from the float model

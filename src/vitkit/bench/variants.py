@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..efficiency import optimize, parse_spec
+from ..efficiency.onnx_export import check_onnx_spec
 from ..efficiency.spec import spec_to_string, split_top_level
 
 RUNTIMES = ("onnx", "onnx-int8")  # the exported model in onnxruntime, fp32 or int8
@@ -34,10 +35,7 @@ def canonical_variant(text: str) -> str:
     if len(runtimes) > 1:
         raise ValueError(f"{text!r} names {len(runtimes)} runtimes; choose one of {', '.join(RUNTIMES)}")
     spec = parse_spec(",".join(item for item in items if item not in RUNTIMES))
-    precision = [item.name for item in spec if item.name in PRECISION_ITEMS]
-    if precision:
-        raise ValueError(f"{text!r}: {runtimes[0]} runs the exported float graph in onnxruntime, which does not take "
-                         f"{', '.join(precision)} (int8 there is onnx-int8)")
+    check_onnx_spec(spec)
     return ",".join([spec_to_string(spec)] * bool(spec) + runtimes)
 
 

@@ -105,6 +105,15 @@ def quantize_onnx_int8(
     return Path(dst)
 
 
+def check_onnx_spec(items: list) -> None:
+    """An ONNX graph takes token reduction only: it is exported in float and onnxruntime does the rest."""
+    other = [item.name for item in items if item.name not in ("tome", "evit")]
+    if other:
+        raise ValueError(f"an ONNX graph takes token reduction only (tome, evit) and does not take {', '.join(other)}: "
+                         "it is exported in float, and int8 is onnxruntime's (onnx-int8 in vitkit bench, --int8 in "
+                         "vitkit export)")
+
+
 def check_exportable(model: nn.Module) -> None:
     """A float32 PyTorch model: no int8 layers, no bf16 weights, not compiled."""
     if hasattr(model, "_orig_mod"):
