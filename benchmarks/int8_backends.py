@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import vitkit
-from vitkit.bench.timing import machine_line, summary, time_interleaved
+from vitkit.bench.timing import machine_line, steady_allocator, summary, time_interleaved
 from vitkit.efficiency.onnx_export import OnnxModel, export_onnx, quantize_onnx_int8
 
 
@@ -48,6 +48,7 @@ def main() -> int:
     parser.add_argument("--torchao", action="store_true", help="also measure torchao int8 (eager and compiled)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    steady_allocator()  # eager PyTorch would otherwise page-fault its activations in every call
     torch.manual_seed(0)
     model = vitkit.create_model(args.model).eval()
     c = model.config
@@ -61,7 +62,8 @@ def main() -> int:
             "onnxruntime dynamic int8": OnnxModel(quantize_onnx_int8(onnx_fp32, Path(tmp) / "m8.onnx")),
             # speed only: random weights, so random calibration images are as good as any
             "onnxruntime static int8 (calibrated)": OnnxModel(quantize_onnx_int8(
-                onnx_fp32, Path(tmp) / "m8s.onnx", calibration=[torch.randn_like(x[:8]) for _ in range(4)])),
+                onnx_fp32, Path(tmp) / "m8s.onnx", calibration=[torch.randn_like(x[:8]) for _ in range(4)],
+                static_linear=True)),
         }
         if args.torchao:
             variants.update(torchao_variants(model, x))

@@ -6,8 +6,9 @@
 
 All variants run in this one process on the same input, warmed up, interleaved (the order reverses
 every round), median of --repeats; throughput ratios are against `none` (fp32 eager) from the same
-rounds. Besides `vitkit.optimize` specs, a spec ending in `onnx` or `onnx-int8` (`tome:r=13,onnx-int8`)
-runs the exported model, token reduction included, in onnxruntime. Prints JSON and a markdown table for BENCHMARKS.md.
+rounds. Besides `vitkit.optimize` specs, a spec ending in `onnx`, `onnx-int8` or `onnx-int8-static`
+(`tome:r=13,onnx-int8`) runs the exported model, token reduction included, in onnxruntime; the static one
+calibrates its convolutions on --calibrate training images. Prints JSON and a markdown table for BENCHMARKS.md.
 """
 
 import argparse
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 import vitkit
-from vitkit.bench.timing import machine_line, summary, time_interleaved
+from vitkit.bench.timing import machine_line, steady_allocator, summary, time_interleaved
 from vitkit.bench.variants import build_variant
 
 VIT_S_SPECS = [
@@ -39,10 +40,15 @@ def main() -> int:
                              "a spec may end in onnx or onnx-int8")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--min-run-s", type=float, default=0.2,
+                        help="each timed sample repeats a fast call until it lasts this long (small batches)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--calibrate", type=int, default=1024,
+                        help="training images onnx-int8-static calibrates on (needs --checkpoint and --data)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    steady_allocator()  # eager PyTorch would otherwise page-fault its activations in every call
     torch.manual_seed(0)
 
     model = (vitkit.load(args.checkpoint, optimized=False) if args.checkpoint else vitkit.create_model(args.model))
@@ -53,12 +59,17 @@ def main() -> int:
     if specs[0] != "none":
         specs.insert(0, "none")
 
+    calibration = None
+    if any(s.endswith("onnx-int8-static") for s in specs) and args.checkpoint and args.data:
+        from vitkit.efficiency.onnx_export import calibration_batches
+
+        calibration = calibration_batches(model, args.data, args.calibrate)
     variants, results = {}, {}
     with tempfile.TemporaryDirectory() as tmp_root:
         for i, spec in enumerate(specs):
             start = time.perf_counter()
             try:
-                variants[spec] = build_variant(model, spec, x, Path(tmp_root) / str(i))
+                variants[spec] = build_variant(model, spec, x, Path(tmp_root) / str(i), calibration)
                 results[spec] = {"build_s": time.perf_counter() - start}
             except Exception as err:  # noqa: BLE001 - a variant that cannot be built is reported, not fatal
                 results[spec] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
@@ -71,7 +82,7 @@ def main() -> int:
                 results[spec]["max_abs_logit_diff"] = (out - ref).abs().max().item()
                 results[spec]["top1_agreement_random"] = (out.argmax(-1) == ref.argmax(-1)).float().mean().item()
             times = time_interleaved({s: (lambda m=m: m(x)) for s, m in variants.items()}, repeats=args.repeats,
-                                     warmup=2)
+                                     warmup=2, min_run_s=args.min_run_s)
         base = summary(times["none"], args.batch)["img_per_s"]
         for spec, t in times.items():
             results[spec].update(summary(t, args.batch))

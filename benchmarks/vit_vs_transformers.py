@@ -13,7 +13,7 @@ import tempfile
 import torch
 
 import vitkit
-from vitkit.bench.timing import machine_line, summary, time_interleaved
+from vitkit.bench.timing import machine_line, steady_allocator, summary, time_interleaved
 
 
 def hf_vit_small(num_labels: int = 1000):
@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    steady_allocator()  # eager PyTorch would otherwise page-fault its activations in every call
     torch.manual_seed(0)
 
     hf = hf_vit_small()

@@ -207,7 +207,13 @@ def cmd_optimize(args) -> int:
 def cmd_export(args) -> int:
     import vitkit
     from vitkit.efficiency import parse_spec, spec_to_string
-    from vitkit.efficiency.onnx_export import OnnxModel, check_onnx_spec, export_onnx, quantize_onnx_int8
+    from vitkit.efficiency.onnx_export import (
+        OnnxModel,
+        calibration_batches,
+        check_onnx_spec,
+        export_onnx,
+        quantize_onnx_int8,
+    )
 
     if not args.onnx:
         raise ValueError("nothing to export: give --onnx OUT.onnx")
@@ -215,18 +221,24 @@ def cmd_export(args) -> int:
     check_onnx_spec(items)
     if args.calibrate is not None and not (args.int8 and args.data and args.calibrate > 0):
         raise ValueError("--calibrate N (static int8) needs --int8, --data (its train split calibrates) and N > 0")
+    if args.static_linear and args.calibrate is None:
+        raise ValueError("--static-linear needs --calibrate N: static int8 fixes activation ranges from N images")
     model, meta = _load_for_inference(args.checkpoint, optimized=False)  # ONNX starts from the float model
     reference = vitkit.optimize(model, items) if items else model
     out = Path(args.onnx)
     if args.int8:
-        calibration = _calibration_batches(model, meta, args.data, args.calibrate) if args.calibrate else None
+        calibration = calibration_batches(model, args.data, args.calibrate) if args.calibrate else None
         with tempfile.TemporaryDirectory() as tmp:
-            quantize_onnx_int8(export_onnx(reference, Path(tmp) / "fp32.onnx"), out, calibration=calibration)
+            quantize_onnx_int8(export_onnx(reference, Path(tmp) / "fp32.onnx"), out, calibration=calibration,
+                               static_linear=args.static_linear)
     else:
         export_onnx(reference, out)
     session = OnnxModel(out, model.config)
     c = model.config
-    kind = ("static int8" if args.calibrate else "int8") if args.int8 else "fp32"
+    kind = "fp32"
+    if args.int8:
+        kind = ("int8, static convolutions and linear layers" if args.static_linear else
+                "int8, static convolutions, dynamic linear layers" if args.calibrate else "int8, dynamic linear layers")
     print(f"written: {out} ({out.stat().st_size / 1e6:.2f} MB, {kind}, "
           f"spec {spec_to_string(items)}, dynamic batch)")
     for batch in (1, 7):
@@ -250,22 +262,6 @@ def cmd_export(args) -> int:
             worst = max(worst, (ref - got).abs().max().item())
         print(f"{args.data} test ({total} images): top-1 identical for {same}/{total}, max |diff| {worst:.3g}")
     return 0
-
-
-def _calibration_batches(model, meta, data: str, count: int, batch_size: int = 64) -> list:
-    """The first `count` images of the training split, evaluated as at test time."""
-    from vitkit.data import build_dataset
-    from vitkit.training.data_stream import eval_batches
-
-    dataset = build_dataset(data, "train")
-    transform = _eval_transform(model, meta, dataset.info.mean, dataset.info.std)
-    batches, seen = [], 0
-    for images, _ in eval_batches(dataset, transform, batch_size):
-        batches.append(images[:count - seen])
-        seen += len(batches[-1])
-        if seen >= count:
-            break
-    return batches
 
 
 def cmd_predict(args) -> int:
@@ -358,9 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="ONNX with dynamic batch (optionally int8), checked in onnxruntime")
     p.add_argument("checkpoint", help="model directory (e.g. runs/fashion_mnist/best)")
     p.add_argument("--onnx", help="output .onnx path")
-    p.add_argument("--int8", action="store_true", help="onnxruntime dynamic int8 quantization (head stays float)")
+    p.add_argument("--int8", action="store_true",
+                   help="onnxruntime int8: linear layers dynamic int8; the head and the first convolution stay float")
     p.add_argument("--calibrate", type=int, metavar="N",
-                   help="static int8: fix activation ranges from N images of --data's train split (default: dynamic)")
+                   help="with --int8: the convolutions after the first become static int8, activation ranges fixed "
+                        "from N images of --data's train split (a conv stem's stages)")
+    p.add_argument("--static-linear", action="store_true",
+                   help="with --calibrate: the linear layers static int8 too (QLinearMatMul; no faster here)")
     p.add_argument("--spec", help="token reduction to build into the graph, e.g. 'tome:r=13' (compared with the same "
                                   "spec in PyTorch)")
     p.add_argument("--data", help="also compare top-1 with PyTorch on this dataset's test split")
@@ -370,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="Specs are separated by commas; the items of one spec are joined with '+', e.g.\n"
                               "  --specs none,bf16,tome:r=8,tome:r=8+int8,onnx,onnx-int8,tome:r=8+onnx-int8\n"
-                              "(onnx / onnx-int8 last: the spec's token reduction exported and run in onnxruntime)\n"
+                              "(onnx / onnx-int8 / onnx-int8-static last: the spec's token reduction exported and run "
+                              "in onnxruntime; -static calibrates convolutions on --data's train split)\n"
                               "spec items:\n"
                               + valid_items_help())
     p.add_argument("--models", help="registered names and/or saved model directories, comma-separated")

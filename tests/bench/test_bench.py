@@ -38,7 +38,8 @@ def bench_out(trained_dir, tmp_path_factory) -> Path:
     (out / "results.json").write_text("{}")  # an earlier report: it is replaced as a whole
     (out / "old-marker.txt").write_text("from an earlier run")
     cmd = [sys.executable, "-m", "vitkit", "--threads", "1", "bench", "--checkpoint", str(trained_dir),
-           "--specs", "none,tome:r=1,evit:keep=0.5:blocks=[9],int8", "--peers", "hf,timm", "--data", "digits",
+           "--specs", "none,tome:r=1,evit:keep=0.5:blocks=[9],int8,onnx-int8-static", "--peers", "hf,timm",
+           "--data", "digits",
            "--batch-sizes", f"1,4,{BATCH_OOM}", "--memory-limit-mb", "3000", "--quick", "--out", str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -85,6 +86,8 @@ def test_token_reduction_runs_in_onnxruntime_too(tmp_path):
     with pytest.raises(ValueError) as err:
         make_plan("vit_pico_patch4_32", "int8+onnx,onnx+onnx-int8")
     assert "does not take int8" in str(err.value) and "names 2 runtimes" in str(err.value)
+    with pytest.raises(ValueError, match="onnx-int8-static calibrates on training images"):
+        make_plan("vit_pico_patch4_32", "onnx-int8-static")  # random weights, no data to calibrate on
 
     model = vitkit.create_model("vit_pico_patch4_32").eval()
     x = torch.randn(3, 3, 32, 32)
@@ -122,6 +125,7 @@ def test_all_outputs_are_written_and_the_old_directory_replaced(bench_out):
         assert timm_column in header
     results = json.loads((bench_out / "results.json").read_text())
     assert results["machine"]["threads"] == 1 and results["machine"]["torch"]
+    assert results["machine"]["allocator"].startswith("glibc, mmap threshold")  # set in the timing process
     assert "stderr.txt" in os.listdir(bench_out.parent)
     progress = (bench_out.parent / "stderr.txt").read_text()
     assert "[1/" in progress and "ETA" in progress
@@ -139,6 +143,8 @@ def test_measurements_are_complete_for_working_configurations(bench_out):
             assert r["infer_gmacs"] == pytest.approx(r["gflops"] / 2, rel=1e-3)
             assert 0 <= r["top1"] <= 1 and r["loss"] > 0 and r["eval_samples"] == DIGITS_TEST
     assert find(rows, spec="none")["vs_none"] == 1.0
+    static = find(rows, spec="onnx-int8-static")  # calibrated on the digits train split in the worker
+    assert static["status"] == "ok" and abs(static["top1"] - find(rows)["top1"]) <= 0.05
     # ToMe does less arithmetic; int8 the same arithmetic at lower precision
     assert find(rows, spec="tome:r=1")["gflops"] < find(rows, spec="none")["gflops"]
     assert find(rows, spec="int8")["gflops"] == find(rows, spec="none")["gflops"]

@@ -53,13 +53,38 @@ def test_static_int8_uses_the_calibration_ranges(exported, tmp_path):
 
     model, path = exported
     calibration = [torch.randn(8, 1, 28, 28) for _ in range(3)]
-    q = quantize_onnx_int8(path, tmp_path / "static.onnx", calibration=calibration)
+    q = quantize_onnx_int8(path, tmp_path / "static.onnx", calibration=calibration, static_linear=True)
     ops = [n.op_type for n in onnx.load(str(q)).graph.node]
     assert ops.count("QLinearMatMul") == 4 * len(model.blocks) and "DynamicQuantizeLinear" not in ops
+    assert ops.count("Conv") == 1  # the patch embedding, the only convolution, stays float
     x = torch.randn(16, 1, 28, 28)
     with torch.no_grad():
         ref, out = model(x), OnnxModel(q)(x)
     assert 0 < (ref - out).abs().max() < 0.1 * ref.abs().max()
+    with pytest.raises(ValueError, match="static_linear needs calibration"):
+        quantize_onnx_int8(path, tmp_path / "x.onnx", static_linear=True)
+
+
+def test_calibration_makes_the_conv_stem_int8_except_its_first_stage(tmp_path):
+    """Stem stages after the first become QLinearConv from the calibration ranges; the first sees the raw
+    image and stays float, the linear layers stay dynamic, and the result stays close to float."""
+    import onnx
+
+    torch.manual_seed(0)
+    model = vitkit.create_model("vit_pico_convstem_28").eval()
+    path = export_onnx(model, tmp_path / "stem.onnx")
+    images = torch.randn(64, 1, 28, 28)
+    q = quantize_onnx_int8(path, tmp_path / "stem8.onnx", calibration=[images[:32], images[32:]])
+    ops = [n.op_type for n in onnx.load(str(q)).graph.node]
+    stages = len(model.config.conv_stem)
+    assert ops.count("Conv") == 1 and ops.count("QLinearConv") == stages  # stages 2.. and the 1x1 projection
+    assert ops.count("MatMulInteger") == 4 * len(model.blocks) and "QLinearMatMul" not in ops
+    x = torch.randn(16, 1, 28, 28)
+    with torch.no_grad():
+        ref, out = model(x), OnnxModel(q)(x)
+    assert 0 < (ref - out).abs().max() < 0.1 * ref.abs().max()
+    dynamic = [n.op_type for n in onnx.load(str(quantize_onnx_int8(path, tmp_path / "d.onnx"))).graph.node]
+    assert dynamic.count("Conv") == stages + 1 and "QLinearConv" not in dynamic  # no ranges: convs float
 
 
 def test_onnx_export_works_under_no_grad(tmp_path):
@@ -145,9 +170,11 @@ def test_cli_static_int8_calibrates_on_the_train_split(trained_digits, tmp_path,
     args = ["export", str(trained_digits), "--onnx", str(out), "--int8", "--calibrate", "128", "--data", "digits"]
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "static int8" in text
+    assert "static convolutions, dynamic linear layers" in text
     line = next(x for x in text.splitlines() if x.startswith("digits test"))
     same, total = map(int, line.split("identical for ")[1].split(",")[0].split("/"))
     assert same >= 0.95 * total
     assert main(["export", str(trained_digits), "--onnx", str(tmp_path / "x.onnx"), "--calibrate", "128"]) == 2
     assert "needs --int8, --data" in capsys.readouterr().err
+    assert main(["export", str(trained_digits), "--onnx", str(tmp_path / "x.onnx"), "--int8", "--static-linear"]) == 2
+    assert "--static-linear needs --calibrate" in capsys.readouterr().err

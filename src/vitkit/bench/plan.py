@@ -144,6 +144,12 @@ def make_plan(models: str | list[str], specs: str | list[str] = "none", *, check
             import onnxruntime  # noqa: F401
         except ImportError:
             errors.append(f"{'/'.join(RUNTIMES)} need onnxruntime: pip install 'vitkit[onnx]'")
+    static = [v for v in variants if v.endswith("onnx-int8-static")]
+    if static and not (data and any(e.is_checkpoint for e in entries)):
+        errors.append(f"{static[0]} calibrates on training images: give a trained model with --checkpoint and its "
+                      "dataset with --data (registry models are measured with random weights)")
+    elif static and not all(e.is_checkpoint for e in entries):
+        notes.append(f"{static[0]} runs on the trained models only: registry models have no training images")
     if device != "cpu" and memory_limit_mb:
         errors.append("--memory-limit-mb limits address space, which CUDA reserves in bulk: use it on the CPU only")
     if repeats is not None and repeats < 5:

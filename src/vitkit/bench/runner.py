@@ -109,13 +109,14 @@ def run_bench(plan: BenchPlan, out: str | os.PathLike, progress: bool = True, co
                  f"{' + peers' if plan.peers else ''}, batch sizes {plan.batch_sizes}, {plan.threads} threads")
     for note in plan.notes:
         display.line(f"  note: {note}")
-    raw = {}
+    raw, allocators = {}, set()
     with tempfile.TemporaryDirectory(prefix="vitkit-bench-") as tmp:
         for index, entry in enumerate(plan.models):
             workdir = Path(tmp) / f"model{index}"
             workdir.mkdir()
+            data = plan.data if entry.is_checkpoint else None
             common = {"model": vars(entry), "threads": plan.threads, "device": plan.device, "seed": 0,
-                      "workdir": str(workdir), "batch_sizes": plan.batch_sizes}
+                      "workdir": str(workdir), "batch_sizes": plan.batch_sizes, "data": data}
             probes = {}
             for key in keys[entry.name]:
                 display.step(f"{entry.name} {key}: peak memory")
@@ -126,15 +127,16 @@ def run_bench(plan: BenchPlan, out: str | os.PathLike, progress: bool = True, co
             runnable = {k: [b for b in plan.batch_sizes if isinstance(probes[k].get("memory_mb", {}).get(str(b)),
                                                                        int | float)] for k in keys[entry.name]}
             runnable = {k: v for k, v in runnable.items() if v}
-            data = plan.data if entry.is_checkpoint else None
-            measured = measure_all(common, runnable, data, plan, workdir, display, entry.name, notes)
+            measured = measure_all(common, runnable, data, plan, workdir, display, entry.name, notes, allocators)
             raw[entry.name] = {"keys": keys[entry.name], "probe": probes, "measure": measured}
     for entry in plan.models:
         spec = entry.saved_spec
         if spec:
             notes.append(f"{entry.name} was saved by `vitkit optimize` with spec {spec!r}; it is measured from its "
                          "float weights under the specs given here")
-    results = assemble(plan, raw, notes, machine_info(plan.device, plan.threads), command)
+    machine = machine_info(plan.device, plan.threads)
+    machine["allocator"] = ", ".join(sorted(allocators)) or machine["allocator"]  # set in the timing processes
+    results = assemble(plan, raw, notes, machine, command)
     try:
         write_report(results, out)
     except BaseException:
@@ -148,9 +150,10 @@ def run_bench(plan: BenchPlan, out: str | os.PathLike, progress: bool = True, co
 
 
 def measure_all(common: dict, keys: dict[str, list[int]], data: str | None, plan: BenchPlan, workdir: Path,
-                display: Display, name: str, notes: list[str]) -> dict:
+                display: Display, name: str, notes: list[str], allocators: set[str]) -> dict:
     """Time all variants in one process (`keys`: variant -> the batch sizes its probe could run); if that
-    process dies, each variant alone, so the rest continue."""
+    process dies, each variant alone, so the rest continue. Adds the timing processes' allocator setting
+    to `allocators`."""
     display.step(f"{name}: throughput, latency{', accuracy' if data else ''} of {len(keys)} variant(s)")
     if not keys:
         return {}
@@ -159,6 +162,7 @@ def measure_all(common: dict, keys: dict[str, list[int]], data: str | None, plan
            "timing": {"repeats": plan.repeats, "warmup": plan.warmup, "min_run_s": plan.min_run_s,
                       "latency_runs": plan.latency_runs}}
     result = run_worker(job, workdir, plan, display)
+    allocators.update([result["allocator"]] if "allocator" in result else [])
     if "error" not in result:
         return result["variants"]
     display.line(f"    measuring together failed ({result['error']}); measuring each variant alone")
@@ -167,6 +171,7 @@ def measure_all(common: dict, keys: dict[str, list[int]], data: str | None, plan
     alone = {}
     for key in keys:
         one = run_worker({**job, "keys": [key]}, workdir, plan, display)
+        allocators.update([one["allocator"]] if "allocator" in one else [])
         alone[key] = one.get("variants", {}).get(key, {})
         if "error" in one:
             alone[key]["error"] = one["error"]

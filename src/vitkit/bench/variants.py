@@ -12,7 +12,9 @@ from ..efficiency import optimize, parse_spec
 from ..efficiency.onnx_export import check_onnx_spec
 from ..efficiency.spec import spec_to_string, split_top_level
 
-RUNTIMES = ("onnx", "onnx-int8")  # the exported model in onnxruntime, fp32 or int8
+# the exported model in onnxruntime: fp32; int8 linear layers (dynamic); and also static int8 convolutions
+# calibrated on training images (a conv stem's stages; needs a dataset)
+RUNTIMES = ("onnx", "onnx-int8", "onnx-int8-static")
 PEERS = {"hf": "transformers", "timm": "timm"}
 PRECISION_ITEMS = ("int8", "bf16", "compile")  # change how the arithmetic runs, not how much there is
 
@@ -39,14 +41,19 @@ def canonical_variant(text: str) -> str:
     return ",".join([spec_to_string(spec)] * bool(spec) + runtimes)
 
 
-def build_variant(model: nn.Module, variant: str, example: torch.Tensor, workdir: Path) -> nn.Module:
-    """`model` (untouched) under `variant`. ONNX files go to `workdir` and are reused if already there."""
+def build_variant(model: nn.Module, variant: str, example: torch.Tensor, workdir: Path,
+                  calibration: list[torch.Tensor] | None = None) -> nn.Module:
+    """`model` (untouched) under `variant`. ONNX files go to `workdir` and are reused if already there.
+    `calibration` (training images, transformed for the model) is what onnx-int8-static calibrates on."""
     spec, runtime = split_runtime(variant)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. bf16 without native support: the numbers speak
         optimized = optimize(model, spec, example=example[:2])
     if runtime is None:
         return optimized
+    if runtime == "onnx-int8-static" and not calibration:
+        raise ValueError("onnx-int8-static calibrates on training images: measure a trained model on a dataset "
+                         "(--checkpoint with --data)")
     from ..efficiency.onnx_export import OnnxModel, export_onnx, quantize_onnx_int8
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -54,10 +61,10 @@ def build_variant(model: nn.Module, variant: str, example: torch.Tensor, workdir
     path = workdir / f"{stem}.onnx"
     if not path.is_file():
         export_onnx(optimized, path)
-    if runtime == "onnx-int8":
-        fp32, path = path, workdir / f"{stem}-int8.onnx"
+    if runtime != "onnx":
+        fp32, path = path, workdir / f"{stem}-{runtime.removeprefix('onnx-')}.onnx"
         if not path.is_file():
-            quantize_onnx_int8(fp32, path)
+            quantize_onnx_int8(fp32, path, calibration=calibration if runtime == "onnx-int8-static" else None)
     return OnnxModel(path, model.config)
 
 

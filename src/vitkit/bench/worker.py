@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..evaluation import count_flops, count_params
-from .timing import peak_rss_mb, percentile, reset_peak_rss, summary, time_interleaved
+from .timing import peak_rss_mb, percentile, reset_peak_rss, steady_allocator, summary, time_interleaved
 from .variants import build_peer, build_variant, flop_variant
 
 PROGRESS = "vitkit-bench: "
@@ -49,11 +49,19 @@ def load_base(job: dict) -> torch.nn.Module:
 PEER_TOLERANCE = 1e-3  # a peer further than this from vitkit's logits did not get the same weights
 
 
+CALIBRATION_IMAGES = 1024  # onnx-int8-static: training images its activation ranges are fixed from
+
+
 def build(base, key: str, example, job: dict):
     """`key` is a variant ('none', 'tome:r=8,int8', 'onnx') or 'peer:hf' / 'peer:timm'. A peer is checked
     against vitkit's own output on `example`: the comparison is only fair with the same weights."""
     if not key.startswith("peer:"):
-        return build_variant(base, key, example, Path(job["workdir"]) / "onnx")
+        calibration = None
+        if key.endswith("onnx-int8-static") and job.get("data"):
+            from ..efficiency.onnx_export import calibration_batches
+
+            calibration = calibration_batches(base, job["data"], CALIBRATION_IMAGES)
+        return build_variant(base, key, example, Path(job["workdir"]) / "onnx", calibration)
     peer = build_peer(base, key.removeprefix("peer:")).to(job["device"])
     with torch.inference_mode():
         diff = (peer(example).float() - base(example).float()).abs().max().item()
@@ -105,6 +113,7 @@ def measure(job: dict, save) -> dict:
     """Build every variant, time them interleaved at each batch size, then latency, FLOPs and accuracy.
     `job["batch_sizes_by_key"]` leaves out the batch sizes a variant's probe could not run."""
     device, entry = job["device"], job["model"]
+    allocator = steady_allocator()  # timing only: peak memory (probe) is measured with the default allocator
     base = load_base(job)
     results, modules = {}, {}
     for key in job["keys"]:
@@ -138,7 +147,7 @@ def measure(job: dict, save) -> dict:
     save({"variants": results})
     if job.get("data"):
         evaluate(job, base, modules, results)
-    return {"variants": results}
+    return {"variants": results, "allocator": allocator}
 
 
 def time_batch(entry, batch, device, modules, results, opts, repeats, min_run_s) -> dict[str, list[float]]:
