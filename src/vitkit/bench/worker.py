@@ -56,12 +56,11 @@ def build(base, key: str, example, job: dict):
     """`key` is a variant ('none', 'tome:r=8,int8', 'onnx') or 'peer:hf' / 'peer:timm'. A peer is checked
     against vitkit's own output on `example`: the comparison is only fair with the same weights."""
     if not key.startswith("peer:"):
-        calibration = None
-        if key.endswith("onnx-int8-static") and job.get("data"):
+        if key.endswith("onnx-int8-static") and job.get("data") and "calibration" not in job:
             from ..efficiency.onnx_export import calibration_batches
 
-            calibration = calibration_batches(base, job["data"], CALIBRATION_IMAGES)
-        return build_variant(base, key, example, Path(job["workdir"]) / "onnx", calibration)
+            job["calibration"] = calibration_batches(base, job["data"], CALIBRATION_IMAGES)  # once per process
+        return build_variant(base, key, example, Path(job["workdir"]) / "onnx", job.get("calibration"))
     peer = build_peer(base, key.removeprefix("peer:")).to(job["device"])
     with torch.inference_mode():
         diff = (peer(example).float() - base(example).float()).abs().max().item()
