@@ -22,7 +22,7 @@ import torch
 
 import vitkit
 from vitkit.bench.timing import machine_line, steady_allocator, summary, time_interleaved
-from vitkit.bench.variants import build_variant
+from vitkit.bench.variants import build_variant, needs_calibration
 
 VIT_S_SPECS = [
     "none", "bf16", "int8", "compile", "onnx", "onnx-int8", "tome:r=13", "tome:r=13:schedule=decreasing",
@@ -37,7 +37,7 @@ def main() -> int:
     parser.add_argument("--data", help="dataset for accuracy (test split)")
     parser.add_argument("--specs", default=",".join(VIT_S_SPECS).replace(",", ";"),
                         help="variants separated by ';' (each a spec such as 'tome:r=13,int8'); "
-                             "a spec may end in onnx or onnx-int8")
+                             "a spec may end in onnx, onnx-int8 or onnx-int8-static")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--min-run-s", type=float, default=0.2,
@@ -60,7 +60,7 @@ def main() -> int:
         specs.insert(0, "none")
 
     calibration = None
-    if any(s.endswith("onnx-int8-static") for s in specs) and args.checkpoint and args.data:
+    if any(needs_calibration(s) for s in specs) and args.checkpoint and args.data:
         from vitkit.efficiency.onnx_export import calibration_batches
 
         calibration = calibration_batches(model, args.data, args.calibrate)

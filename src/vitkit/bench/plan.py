@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 from ..models import model_config
-from .variants import PEERS, RUNTIMES, canonical_variant, uses_onnxruntime
+from .variants import PEERS, RUNTIMES, canonical_variant, needs_calibration, uses_onnxruntime
 
 
 @dataclasses.dataclass
@@ -144,7 +144,7 @@ def make_plan(models: str | list[str], specs: str | list[str] = "none", *, check
             import onnxruntime  # noqa: F401
         except ImportError:
             errors.append(f"{'/'.join(RUNTIMES)} need onnxruntime: pip install 'vitkit[onnx]'")
-    static = [v for v in variants if v.endswith("onnx-int8-static")]
+    static = [v for v in variants if needs_calibration(v)]
     if static and not (data and any(e.is_checkpoint for e in entries)):
         errors.append(f"{static[0]} calibrates on training images: give a trained model with --checkpoint and its "
                       "dataset with --data (registry models are measured with random weights)")

@@ -15,6 +15,7 @@ from ..efficiency.spec import spec_to_string, split_top_level
 # the exported model in onnxruntime: fp32; int8 linear layers (dynamic); and also static int8 convolutions
 # calibrated on training images (a conv stem's stages; needs a dataset)
 RUNTIMES = ("onnx", "onnx-int8", "onnx-int8-static")
+CALIBRATED_RUNTIME = "onnx-int8-static"
 PEERS = {"hf": "transformers", "timm": "timm"}
 PRECISION_ITEMS = ("int8", "bf16", "compile")  # change how the arithmetic runs, not how much there is
 
@@ -51,7 +52,7 @@ def build_variant(model: nn.Module, variant: str, example: torch.Tensor, workdir
         optimized = optimize(model, spec, example=example[:2])
     if runtime is None:
         return optimized
-    if runtime == "onnx-int8-static" and not calibration:
+    if runtime == CALIBRATED_RUNTIME and not calibration:
         raise ValueError("onnx-int8-static calibrates on training images: measure a trained model on a dataset "
                          "(--checkpoint with --data)")
     from ..efficiency.onnx_export import OnnxModel, export_onnx, quantize_onnx_int8
@@ -64,12 +65,17 @@ def build_variant(model: nn.Module, variant: str, example: torch.Tensor, workdir
     if runtime != "onnx":
         fp32, path = path, workdir / f"{stem}-{runtime.removeprefix('onnx-')}.onnx"
         if not path.is_file():
-            quantize_onnx_int8(fp32, path, calibration=calibration if runtime == "onnx-int8-static" else None)
+            quantize_onnx_int8(fp32, path, calibration=calibration if runtime == CALIBRATED_RUNTIME else None)
     return OnnxModel(path, model.config)
 
 
 def uses_onnxruntime(variant: str) -> bool:
     return split_runtime(variant)[1] is not None
+
+
+def needs_calibration(variant: str) -> bool:
+    """Whether building `variant` needs training images (its convolutions are calibrated static int8)."""
+    return split_runtime(variant)[1] == CALIBRATED_RUNTIME
 
 
 def flop_variant(variant: str) -> str:

@@ -20,7 +20,7 @@ import torch
 
 from ..evaluation import count_flops, count_params
 from .timing import peak_rss_mb, percentile, reset_peak_rss, steady_allocator, summary, time_interleaved
-from .variants import build_peer, build_variant, flop_variant
+from .variants import build_peer, build_variant, flop_variant, needs_calibration
 
 PROGRESS = "vitkit-bench: "
 
@@ -56,7 +56,7 @@ def build(base, key: str, example, job: dict):
     """`key` is a variant ('none', 'tome:r=8,int8', 'onnx') or 'peer:hf' / 'peer:timm'. A peer is checked
     against vitkit's own output on `example`: the comparison is only fair with the same weights."""
     if not key.startswith("peer:"):
-        if key.endswith("onnx-int8-static") and job.get("data") and "calibration" not in job:
+        if needs_calibration(key) and job.get("data") and "calibration" not in job:
             from ..efficiency.onnx_export import calibration_batches
 
             job["calibration"] = calibration_batches(base, job["data"], CALIBRATION_IMAGES)  # once per process
