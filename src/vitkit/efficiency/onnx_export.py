@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..weights.io import atomic_write
+from .finite_rows import run_finite_rows, unwrap
 
 
 def _require_onnx():
@@ -32,6 +33,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 20) -> P
     ScatterElements). Precision and compilation are onnxruntime's business: export the float model and
     quantize the file (`quantize_onnx_int8`)."""
     _require_onnx()
+    model = unwrap(model)  # the network, without optimize's eager-only check for non-finite rows
     check_exportable(model)
     c = model.config
     model = model.eval()
@@ -168,7 +170,11 @@ def check_exportable(model: nn.Module) -> None:
 
 
 class OnnxModel(nn.Module):
-    """An onnxruntime session behind the `model(images) -> logits` call, for vitkit's evaluation code."""
+    """An onnxruntime session behind the `model(images) -> logits` call, for vitkit's evaluation code.
+
+    Images holding inf or NaN are not run: their logits are NaN, and the other images' logits are those
+    of running them alone (int8 measures activation ranges over the whole batch, so one bad image would
+    otherwise change every other image's logits); see `finite_rows.py`."""
 
     def __init__(self, path: str | os.PathLike, config=None, threads: int | None = None):
         super().__init__()
@@ -188,4 +194,15 @@ class OnnxModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         images = images.detach().to("cpu", torch.float32).contiguous()
-        return torch.from_numpy(self.session.run(None, {self.input_name: images.numpy()})[0])
+        return run_finite_rows(self._run, images, self._output_row_shape)
+
+    def _run(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {self.input_name: images.contiguous().numpy()})[0])
+
+    def _output_row_shape(self) -> tuple[int, ...]:
+        shape = self.session.get_outputs()[0].shape[1:]
+        if all(isinstance(d, int) for d in shape):
+            return tuple(shape)
+        if self.config is None:
+            raise ValueError(f"{self.path} has a dynamic output size and no config to give it")
+        return (self.config.num_classes,)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .compile import compile_model
+from .finite_rows import FiniteRows
 from .precision import quantize_int8, to_bf16
 from .reducer import apply_evit, apply_tome, is_plain_vit
 from .spec import SpecItem, parse_spec
@@ -19,8 +20,21 @@ def optimize(model: nn.Module, spec: "str | list[SpecItem] | None", example: tor
 
     `example` (one input batch) is used only by `compile`, to compile now; by default it is a batch of
     two random images of the model's input size.
+
+    Bad rows stay bad alone: int8 quantizes activations with one range measured over the whole batch,
+    so one inf or NaN image would change the logits of every other image in its batch. A model with
+    int8 in its spec is therefore returned inside a `FiniteRows` wrapper (`efficiency/finite_rows.py`):
+    rows with any non-finite value are not run, their logits are NaN, and the other rows' logits are
+    exactly those of running those rows alone; a batch with no finite row gives all-NaN logits without
+    running. An all-finite batch costs one `isfinite().all()` check. The wrapper is transparent to
+    attribute access (`model.config`, `model.blocks`, `model.metadata = ...`), skips its check under
+    torch.compile and export, and is unwrapped again when the model is optimized further. The other
+    spec items compute each row on its own, like the float model, and come back unwrapped.
     """
     items = parse_spec(spec)
+    wrapped = isinstance(model, FiniteRows)
+    if wrapped:  # optimize the model inside, then wrap the result again
+        model = model.inner
     check_model_takes(model, items)
     model = copy.deepcopy(model)
     for item in sorted(items, key=lambda i: ORDER.index(i.name)):
@@ -35,6 +49,8 @@ def optimize(model: nn.Module, spec: "str | list[SpecItem] | None", example: tor
             model = to_bf16(model.eval())
         elif item.name == "compile":
             model = compile_model(model.eval(), example if example is not None else example_input(model), p["mode"])
+    if wrapped or any(item.name == "int8" for item in items):
+        model = FiniteRows(model)  # outermost, so that torch.compile never sees the check
     return model
 
 
