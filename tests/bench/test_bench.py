@@ -285,7 +285,8 @@ def test_a_worker_killed_mid_way_keeps_what_it_saved(tmp_path, monkeypatch):
     """A fake interpreter stands in for a worker the kernel kills (as the OOM killer would) after it
     saved its first batch size."""
     fake = tmp_path / "fake-python"
-    fake.write_text('#!/bin/sh\necho \'{"memory_mb": {"1": 250.0}}\' > "$4"\nkill -9 $$\n')
+    # the result path is the last argument, whatever interpreter flags come first
+    fake.write_text('#!/bin/sh\nfor last; do :; done\necho \'{"memory_mb": {"1": 250.0}}\' > "$last"\nkill -9 $$\n')
     fake.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(fake))
     plan = make_plan("vit_pico_patch4_32")

@@ -162,9 +162,16 @@ def replace_dir(new: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _csv_value(value):
+    """A CSV cell; text that a spreadsheet would run as a formula gets a leading ' (OWASP's CSV-injection
+    advice). Only strings are escaped, so numbers such as -0.5 stay numbers."""
     if isinstance(value, float):
         return f"{value:.6g}"
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
     return "" if value is None else value
 
 

@@ -60,8 +60,10 @@ def run_worker(job: dict, workdir: Path, plan: BenchPlan, display: Display) -> d
     job_path = Path(job_path)
     result_path = job_path.with_name(job_path.stem + "-result.json")
     job_path.write_text(json.dumps(job))
-    env = {**os.environ, "OMP_NUM_THREADS": str(plan.threads), "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen([sys.executable, "-m", "vitkit.bench.worker", str(job_path), str(result_path)],
+    # -P and PYTHONSAFEPATH=1 (for anything the worker starts, e.g. compile workers): never import modules
+    # from the current directory, where a stray json.py or torch.py would otherwise run in the worker
+    env = {**os.environ, "OMP_NUM_THREADS": str(plan.threads), "PYTHONWARNINGS": "ignore", "PYTHONSAFEPATH": "1"}
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "vitkit.bench.worker", str(job_path), str(result_path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
                             preexec_fn=_worker_setup(plan.memory_limit_mb), start_new_session=True)
     tail: list[str] = []

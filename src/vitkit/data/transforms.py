@@ -125,10 +125,15 @@ def eval_transform(
 
 def saved_model_eval_transform(config, meta: dict, fallback_mean=None, fallback_std=None):
     """The eval transform a saved model was trained with: its config's size, and the mean, std and
-    crop_pct its training run recorded in the metadata (else the fallbacks, else 0.5)."""
+    crop_pct its training run recorded in the metadata (else the fallbacks, else 0.5). Values that
+    cannot work (std <= 0, crop_pct outside (0, 1], one mean per channel missing) are a ValueError."""
+    from ..weights.loading import check_metadata
+
+    check_metadata(meta, "saved model metadata (config.json)", in_chans=config.in_chans)
     mean = meta.get("mean") or fallback_mean or (0.5,) * config.in_chans
     std = meta.get("std") or fallback_std or (0.5,) * config.in_chans
-    return lambda images: eval_transform(images, config.img_size, meta.get("crop_pct", 1.0), mean, std)
+    crop_pct = 1.0 if meta.get("crop_pct") is None else meta["crop_pct"]
+    return lambda images: eval_transform(images, config.img_size, crop_pct, mean, std)
 
 
 class EvalTransform:
