@@ -1,6 +1,7 @@
 """Images in one subfolder per class (torchvision's ImageFolder layout), decoded lazily with Pillow."""
 
 import functools
+import os
 import warnings
 from pathlib import Path
 
@@ -10,9 +11,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .base import DatasetInfo, channel_stats, stratified_split
+from .images import UnreadableImageError, decode_image
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 DEFAULT_IMG_SIZE = 224
 TEST_FRACTION = 0.2  # used only when the folder has no train/ and val/ (or test/) subfolders
 SPLIT_SEED = 0
@@ -37,14 +39,17 @@ class ImageFolderDataset(Dataset):
         path, label = self.samples[index]
         return load_image(path, self.mode, self.info.img_size), label
 
+    def subset(self, indices: np.ndarray) -> "ImageFolderDataset":
+        return ImageFolderDataset([self.samples[i] for i in indices], self.info)
+
 
 def load_image(path: Path, mode: str, size: int) -> torch.Tensor:
-    """Decode to a (C, size, size) uint8 tensor: shorter side resized to `size`, then centre-cropped."""
-    try:
-        with Image.open(path) as img:
-            img = img.convert(mode)
-    except OSError as e:  # Pillow's messages often omit which file was being read
-        raise OSError(f"cannot decode {path}: {e}") from e
+    """Decode to a (C, size, size) uint8 tensor: shorter side resized to `size`, then centre-cropped.
+
+    A file that stopped decoding since the scan (or a decompression bomb) raises UnreadableImageError, an
+    OSError naming the file.
+    """
+    img = decode_image(path, mode)
     scale = size / min(img.size)
     width, height = (max(size, round(side * scale)) for side in img.size)
     left, top = (width - size) // 2, (height - size) // 2
@@ -55,7 +60,14 @@ def load_image(path: Path, mode: str, size: int) -> torch.Tensor:
 
 def build_folder_dataset(
     root: str | Path, split: str, img_size: int = DEFAULT_IMG_SIZE
-) -> ImageFolderDataset:
+) -> ImageFolderDataset | None:
+    """The folder's own `split`, or None for "val" when the folder ships no validation split.
+
+    Layouts: `train/` + `val/` + `test/` (all three used as they are); `train/` + `test/`; `train/` +
+    `val/` (ImageNet's layout: `val/` is the held-out evaluation set, so it is the test split here and
+    the validation split is carved from `train/` by the caller); or class folders directly under root
+    (a fixed stratified 80/20 train/test split).
+    """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
@@ -68,6 +80,8 @@ def build_folder_dataset(
 
     if "all" in splits:
         splits = split_stratified(splits["all"])
+    if split not in splits:
+        return None
     class_names = tuple(class_dir.name for class_dir in splits["train"])
     train_samples = as_samples(splits["train"])
 
@@ -84,42 +98,96 @@ def build_folder_dataset(
         mean=mean,
         std=std,
     )
-    return ImageFolderDataset(train_samples if split == "train" else as_samples(splits["test"]), info)
+    return ImageFolderDataset(train_samples if split == "train" else as_samples(splits[split]), info)
+
+
+def folder_ships_val(root: str | Path) -> bool:
+    """Whether the folder has its own validation split: train/, val/ and test/ side by side."""
+    root = Path(root).expanduser()
+    return all((root / name).is_dir() for name in ("train", "val", "test"))
 
 
 def find_split_folders(root: Path) -> dict[str, ClassFolders]:
-    """{"train": ..., "test": ...} when root has split subfolders, else {"all": ...} to be split here."""
-    test_dir = next((root / name for name in ("val", "test") if (root / name).is_dir()), None)
-    if not (root / "train").is_dir() or test_dir is None:
+    """{"train", "test"[, "val"]} when root has split subfolders, else {"all": ...} to be split here."""
+    present = {name: root / name for name in ("train", "val", "test") if (root / name).is_dir()}
+    if "train" not in present or len(present) == 1:
         return {"all": scan_class_folders(root)}
-    train, test = scan_class_folders(root / "train"), scan_class_folders(test_dir)
-    train_names, test_names = [d.name for d in train], [d.name for d in test]
-    if train_names != test_names:
-        raise ValueError(
-            f"{root / 'train'} and {test_dir} must hold the same class folders; only in train: "
-            f"{sorted(set(train_names) - set(test_names))}, only in {test_dir.name}: "
-            f"{sorted(set(test_names) - set(train_names))}"
-        )
-    return {"train": train, "test": test}
+    if "test" not in present:  # train/ + val/: val/ is the evaluation set (ImageNet's convention)
+        present = {"train": present["train"], "test": present["val"]}
+    splits = {name: scan_class_folders(directory) for name, directory in present.items()}
+    train_names = [d.name for d in splits["train"]]
+    for name, folders in splits.items():
+        names = [d.name for d in folders]
+        if names != train_names:
+            raise ValueError(
+                f"{present['train']} and {present[name]} must hold the same class folders; only in train: "
+                f"{sorted(set(train_names) - set(names))}, only in {present[name].name}: "
+                f"{sorted(set(names) - set(train_names))}"
+            )
+    return splits
 
 
 def scan_class_folders(directory: Path) -> ClassFolders:
-    class_dirs = sorted(d for d in directory.iterdir() if d.is_dir() and not d.name.startswith("."))
+    class_dirs = sorted(d for d in directory.iterdir() if not d.name.startswith(".") and is_class_folder(d, directory))
     if not class_dirs:
         raise ValueError(f"no class folders in {directory}: expected one subfolder of images per class")
     return {class_dir: find_images(class_dir) for class_dir in class_dirs}
 
 
+def is_class_folder(entry: Path, directory: Path) -> bool:
+    """A folder, or a symlink to one, that is not a loop back to the dataset; skipped symlinks are warned about."""
+    if not entry.is_symlink():
+        return entry.is_dir()
+    try:
+        target = entry.resolve(strict=True)
+    except (OSError, RuntimeError):  # dangling, or a loop (RuntimeError before Python 3.13)
+        warnings.warn(f"skipping {entry}: a broken or self-referencing symlink, expected a class folder",
+                      stacklevel=3)
+        return False
+    if not target.is_dir():
+        return False
+    if target == directory.resolve() or target in directory.resolve().parents:
+        warnings.warn(f"skipping {entry}: a symlink to {target}, which contains the dataset (a symlink loop), "
+                      "expected a class folder", stacklevel=3)
+        return False
+    return True
+
+
 def find_images(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    """Image files under directory, following symlinked folders as torchvision does, but never round a loop.
+
+    Broken symlinks with an image suffix are kept, so that the scan counts them as unreadable and names them.
+    """
+    found, followed = [], {os.path.realpath(directory)}
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+        here = Path(dirpath)
+        real = os.path.realpath(here)
+        followed.add(real)
+        keep = []
+        for name in sorted(dirnames):
+            if (here / name).is_symlink():
+                target = os.path.realpath(here / name)
+                if target == real or real.startswith(target.rstrip(os.sep) + os.sep):
+                    warnings.warn(f"skipping {here / name}: a symlink to {target}, which contains it "
+                                  "(a symlink loop)", stacklevel=2)
+                    continue
+                if target in followed:  # already scanned through another link: a loop or a duplicate
+                    continue
+                followed.add(target)
+            keep.append(name)
+        dirnames[:] = keep
+        found += [here / name for name in filenames if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+                  and ((here / name).is_file() or (here / name).is_symlink())]
+    return sorted(found)
 
 
 def drop_unreadable(root: Path, splits: dict[str, ClassFolders]) -> dict[str, ClassFolders]:
     """Skip files Pillow cannot read, warning once; fail if so many are broken that root is likely wrong."""
     found = [p for folders in splits.values() for files in folders.values() for p in files]
-    unreadable = [p for p in found if not is_readable_image(p)]
+    problems = {p: problem for p in found if (problem := image_problem(p)) is not None}
+    unreadable = list(problems)
     if unreadable:
-        named = ", ".join(map(str, unreadable[:FILES_NAMED_IN_MESSAGES]))
+        named = ", ".join(f"{p} ({problems[p]})" for p in unreadable[:FILES_NAMED_IN_MESSAGES])
         if len(unreadable) > FILES_NAMED_IN_MESSAGES:
             named += ", ..."
         share = len(unreadable) / len(found)
@@ -136,18 +204,27 @@ def drop_unreadable(root: Path, splits: dict[str, ClassFolders]) -> dict[str, Cl
 
 
 def is_readable_image(path: Path) -> bool:
-    stat = path.stat()
-    return verify_image(path, stat.st_mtime_ns, stat.st_size)
+    return image_problem(path) is None
 
 
-@functools.cache  # keyed on mtime and size so that train and test builds check each file once
-def verify_image(path: Path, mtime_ns: int, size: int) -> bool:
+def image_problem(path: Path) -> str | None:
+    """Why `path` cannot be trained on (decoded in full, as training will), or None when it decodes."""
     try:
-        with Image.open(path) as img:
-            img.verify()
-    except Exception:  # broken files raise anything from OSError to SyntaxError and struct.error
-        return False
-    return True
+        stat = path.stat()
+    except (OSError, RuntimeError) as e:  # e.g. a dangling symlink, or a file deleted since it was listed
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        return f"a broken or self-referencing symlink ({reason})" if path.is_symlink() else reason
+    return decode_problem(path, stat.st_mtime_ns, stat.st_size, Image.MAX_IMAGE_PIXELS)
+
+
+@functools.cache  # keyed on mtime and size so that train and test builds decode each file once
+def decode_problem(path: Path, mtime_ns: int, size: int, max_pixels: int | None) -> str | None:
+    """The reason `path` does not decode, or None; `max_pixels` (the bomb limit in force) is only a cache key."""
+    try:
+        decode_image(path, "RGB", draft=True)  # a truncated JPEG passes Image.verify() but not a decode
+    except UnreadableImageError as e:
+        return e.reason
+    return None
 
 
 def image_mode(path: Path) -> str:

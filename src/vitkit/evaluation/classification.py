@@ -66,29 +66,84 @@ def evaluate_classifier(model: nn.Module, batches, num_classes: int, class_names
     )
 
 
+MAX_CONFUSION_CLASSES = 100  # above this the full matrix is unreadable: only the most-confused classes are drawn
+CONFUSED_CLASSES_SHOWN = 30
+CONFUSION_SCAN_CELLS = 1 << 22  # matrix cells copied at a time while looking for the largest confusions
+LABEL_CHARS = 20
+
+
+def most_confused_classes(confusion: np.ndarray, k: int) -> np.ndarray:
+    """Indices (ascending) of `k` classes, taken from the largest off-diagonal counts down.
+
+    Classes still missing once the confusions run out (or repeat classes) are those with the most errors
+    either way. The matrix is scanned in row blocks, so the extra memory stays bounded for any class count.
+    """
+    n = len(confusion)
+    k = min(k, n)
+    step = max(1, CONFUSION_SCAN_CELLS // max(n, 1))
+    counts, cells = np.empty(0, np.int64), np.empty(0, np.int64)
+    for start in range(0, n, step):
+        block = np.array(confusion[start:start + step], dtype=np.int64)
+        local = np.arange(len(block))
+        block[local, local + start] = 0
+        top = np.argpartition(block, -min(k, block.size), axis=None)[-min(k, block.size):]
+        counts = np.concatenate([counts, block.ravel()[top]])
+        cells = np.concatenate([cells, top + start * n])
+        order = np.lexsort((cells, -counts))[:k]  # largest first, ties by position: deterministic
+        counts, cells = counts[order], cells[order]
+    chosen: dict[int, None] = {}  # insertion-ordered set
+    for count, cell in zip(counts.tolist(), cells.tolist(), strict=True):
+        if count <= 0 or len(chosen) >= k:
+            break
+        for c in divmod(cell, n):
+            if len(chosen) < k:
+                chosen.setdefault(c, None)
+    if len(chosen) < k:
+        errors = confusion.sum(axis=0) + confusion.sum(axis=1) - 2 * np.diagonal(confusion)
+        for c in np.argsort(-errors, kind="stable").tolist():
+            if len(chosen) >= k:
+                break
+            chosen.setdefault(c, None)
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
 def save_confusion_png(report: ClassificationReport, path: str | Path, cell: int = 36) -> None:
-    """Row-normalised confusion matrix as a PNG, drawn with Pillow (no plotting library needed)."""
+    """Row-normalised confusion matrix as a PNG, drawn with Pillow (no plotting library needed).
+
+    Above MAX_CONFUSION_CLASSES classes only the CONFUSED_CLASSES_SHOWN classes in the largest confusions are
+    drawn (shading still relative to each true class's total), so the image stays readable and bounded in size.
+    """
     from PIL import Image, ImageDraw
 
     from ..weights import atomic_write
 
     n = len(report.class_names)
-    label_w, top = max(60, 7 * max(len(s) for s in report.class_names) + 10), 30
-    img = Image.new("RGB", (label_w + n * cell + 10, top + n * cell + label_w), "white")
+    if n > MAX_CONFUSION_CLASSES:
+        shown = most_confused_classes(report.confusion, CONFUSED_CLASSES_SHOWN)
+        title = f"the {len(shown)} most-confused of {n} classes (rows: true, cols: predicted)"
+    else:
+        shown = np.arange(n)
+        title = "confusion (rows: true, cols: predicted)"
+    names = [report.class_names[c] for c in shown.tolist()]
+    confusion = report.confusion[np.ix_(shown, shown)]
+    totals = np.asarray(report.confusion[shown].sum(axis=1), dtype=np.float64)  # all predictions, not just shown
+    rows = confusion / np.maximum(totals, 1)[:, None]
+    m = len(shown)
+    label_w, top = max(60, 7 * min(LABEL_CHARS, max(len(s) for s in names)) + 10), 30
+    img = Image.new("RGB", (label_w + m * cell + 10, top + m * cell + label_w), "white")
     draw = ImageDraw.Draw(img)
-    rows = report.confusion / np.maximum(report.confusion.sum(axis=1, keepdims=True), 1)
-    draw.text((label_w, 8), f"confusion (rows: true, cols: predicted), top-1 {report.top1 * 100:.2f}%", fill="black")
-    for i in range(n):
-        draw.text((4, top + i * cell + cell // 3), report.class_names[i][:20], fill="black")
-        for j in range(n):
+    draw.text((label_w, 8), f"{title}, top-1 {report.top1 * 100:.2f}%", fill="black")
+    for i in range(m):
+        draw.text((4, top + i * cell + cell // 3), names[i][:LABEL_CHARS], fill="black")
+        for j in range(m):
             shade = int(255 * (1 - rows[i, j]))
             x0, y0 = label_w + j * cell, top + i * cell
             draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=(shade, shade, 255), outline=(200, 200, 200))
-            if report.confusion[i, j]:
+            if confusion[i, j]:
                 ink = "black" if shade > 120 else "white"
-                draw.text((x0 + 3, y0 + cell // 3), str(report.confusion[i, j]), fill=ink)
-    for j, name in enumerate(report.class_names):
+                draw.text((x0 + 3, y0 + cell // 3), str(confusion[i, j]), fill=ink)
+    for j, name in enumerate(names):
         label = Image.new("RGB", (label_w - 4, 14), "white")
-        ImageDraw.Draw(label).text((0, 0), name[:20], fill="black")
-        img.paste(label.rotate(90, expand=True), (label_w + j * cell + cell // 3, top + n * cell + 4))
+        ImageDraw.Draw(label).text((0, 0), name[:LABEL_CHARS], fill="black")
+        img.paste(label.rotate(90, expand=True), (label_w + j * cell + cell // 3, top + m * cell + 4))
     atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
