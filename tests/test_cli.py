@@ -4,6 +4,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from vitkit.cli import main
@@ -97,6 +98,81 @@ def test_train_on_a_folder_dataset_with_worker_processes(tmp_path, capsys):
                  "--epochs", "3", "--batch-size", "8", "--output", str(out), "--quiet", "--set", "lr=3e-3",
                  "--set", "eval_every=3"])
     assert code == 0
-    report = json.loads((out / "eval.json").read_text())
-    assert report["num_samples"] == 24 and report["top1"] >= 0.9  # dark vs light is easy
+    report = json.loads((out / "eval.json").read_text())["selected"]
+    assert report["num_samples"] == 24 and report["top1"] >= 0.9  # val/ is the test set here; dark vs light is easy
     assert (out / "best" / "model.safetensors").is_file()
+    printed = capsys.readouterr().out
+    assert "test top-1: selected model" in printed and "best on validation" in printed
+
+
+def test_predict_refuses_decompression_bombs_in_one_line(trained_digits, tmp_path, capsys, monkeypatch):
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (64, 64), 128).save(bomb)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels: over twice the limit, Pillow raises
+    assert main(["predict", str(trained_digits / "best"), str(bomb)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot read image {bomb}: " in err and "decompression bomb" in err
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # between 1x and 2x: Pillow only warns, predict refuses
+    assert main(["predict", str(trained_digits / "best"), str(bomb)]) == 2
+    assert "decompression bomb" in capsys.readouterr().err
+
+
+def test_predict_scales_16bit_images(trained_digits, tmp_path, capsys):
+    from sklearn.datasets import load_digits
+
+    path = tmp_path / "zero16.png"
+    Image.fromarray((load_digits().images[0] * 65535 / 16).astype(np.uint16)).save(path)  # mode I;16
+    eight = tmp_path / "zero8.png"
+    Image.fromarray((load_digits().images[0] * 255 / 16).round().astype(np.uint8)).save(eight)
+    assert main(["predict", str(trained_digits / "best"), str(path), str(eight), "--topk", "10"]) == 0
+    deep, shallow = ({name: float(p.rstrip("%")) for name, p in (pair.split() for pair in line.split(": ")[1]
+                                                                  .split(", "))}
+                     for line in capsys.readouterr().out.strip().splitlines())
+    assert deep.keys() == shallow.keys() and all(abs(deep[k] - shallow[k]) < 0.3 for k in deep)  # not clipped
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--set", "clip_grad=-1"], "clip_grad must be > 0"),
+    (["--set", "weight_decay=-0.1"], "weight_decay must be >= 0"),
+    (["--set", "warmup_epochs=-1"], "warmup_epochs must be >= 0"),
+    (["--set", "ckpt_every=-5"], "ckpt_every must be >= 0"),
+    (["--set", "max_steps=0"], "max_steps must be >= 1 or null"),
+    (["--set", "crop_pct=1.5"], r"crop_pct must be in (0, 1], got 1.5"),
+    (["--set", "epochs=2.5"], "epochs must be an integer, got 2.5 (float)"),
+    (["--set", "amp=maybe"], "amp must be true, false or 'auto', got 'maybe'"),
+    (["--set", "lr=fast"], "lr must be a number, got 'fast' (str)"),
+    (["--set", "scale=[0.5]"], "scale must be a list of 2 numbers"),
+    (["--val-split", "1.5"], "val_split must be a count of images, a fraction in (0, 1) or 0, got 1.5"),
+    (["--device", "cuda"], "device 'cuda' requested but"),
+    (["--device", "tpu9"], "device 'tpu9' is not a device torch knows"),
+])
+def test_train_refuses_bad_values_in_one_line_naming_the_key(tmp_path, capsys, args, message):
+    if message.startswith("device 'cuda'") and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["train", "--output", str(tmp_path / "run"), *args]) == 2
+    assert message in _one_line_error(capsys)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_train_refuses_bad_yaml_and_an_output_holding_a_run_in_one_line(tmp_path, capsys):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("epochs: [1,\n")
+    assert main(["train", "--config", str(recipe)]) == 2
+    assert f"{recipe} is not valid YAML" in capsys.readouterr().err
+    out = tmp_path / "run"
+    (out / "best").mkdir(parents=True)
+    assert main(["train", "--output", str(out)]) == 2
+    assert "already holds a training run (best); give --resume to continue it, --overwrite" in _one_line_error(capsys)
+
+
+def test_eval_on_the_validation_split_the_model_was_trained_with(trained_digits, tmp_path):
+    assert main(["eval", str(trained_digits / "best"), "--data", "digits", "--split", "val", "--out",
+                 str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["split"] == "val" and report["num_samples"] == 144  # a tenth of digits' 1,438 training images

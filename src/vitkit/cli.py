@@ -50,7 +50,8 @@ def cmd_info(args) -> int:
 
 
 # train flags spelled out for discoverability; every other TrainConfig field goes through --set key=value
-_TRAIN_FLAGS = {"model": str, "data": str, "output": str, "epochs": int, "batch_size": int, "lr": float,
+_TRAIN_FLAGS = {"model": str, "data": str, "val_split": float, "output": str, "epochs": int, "batch_size": int,
+                "lr": float,
                 "weight_decay": float, "drop_path": float, "seed": int, "ckpt_every": int, "workers": int,
                 "teacher": str, "distill": str, "device": str}
 
@@ -83,13 +84,22 @@ def cmd_train(args) -> int:
     options.update(_parse_set(args.set))
     if args.quiet:
         options["progress"] = False
-    summary = train(TrainConfig.from_dict(options), resume=args.resume)
+    if isinstance(options.get("val_split"), float) and options["val_split"].is_integer():
+        options["val_split"] = int(options["val_split"])
+    summary = train(TrainConfig.from_dict(options), resume=args.resume, overwrite=args.overwrite)
     if "report" in summary:
         out = Path(summary["output"])
-        print(summary["report"].table())
-        print(f"\ntrained {summary['global_step']} steps in {summary['elapsed_s']:.0f} s; best test top-1 "
-              f"{summary['best_top1'] * 100:.2f}%")
-        print(f"best model:     {out / 'best'}   (vitkit eval / predict take this directory)")
+        selected, final = summary["report"], summary["final_report"]
+        print(f"test split, {summary['selected']}/ model:")
+        print(selected.table())
+        print(f"\ntrained {summary['global_step']} steps in {summary['elapsed_s']:.0f} s")
+        if summary["selected"] == "best":
+            print(f"test top-1: selected model {selected.top1 * 100:.2f}% (best on validation, "
+                  f"{summary['best_val_top1'] * 100:.2f}% val top-1, epoch {summary['selected_epoch']}); "
+                  f"final model {final.top1 * 100:.2f}%")
+            print(f"best model:     {out / 'best'}   (selected on validation; vitkit eval / predict take it)")
+        else:
+            print(f"test top-1: final model {final.top1 * 100:.2f}% (val_split 0: no selection)")
         print(f"final model:    {out / 'final'}")
         print(f"checkpoints:    {out / 'checkpoints'}   (--resume continues from the latest)")
         print(f"metrics:        {out / 'metrics.jsonl'}, {out / 'eval.json'}, {out / 'confusion.png'}")
@@ -109,9 +119,11 @@ def _launch_torchrun(nproc: int) -> int:
             skip = True
         elif not arg.startswith("--nproc="):
             argv.append(arg)
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "vitkit",
-           *argv]
+    # -P keeps torchrun from importing modules in the current directory; torchrun starts its workers as
+    # `python -u -m vitkit` with this environment, where PYTHONSAFEPATH=1 does the same for them
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc)), "PYTHONSAFEPATH": "1"}
+    cmd = [sys.executable, "-P", "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "vitkit", *argv]
     return subprocess.call(cmd, env=env)
 
 
@@ -149,7 +161,9 @@ def cmd_eval(args) -> int:
     if items is not None:
         model = vitkit.optimize(model, items)
     spec = spec_to_string(items) if items is not None else meta.get("optimize", "none")
-    dataset = build_dataset(args.data, args.split)
+    # the validation split the model was trained with, when it is evaluated on its own dataset
+    val_split = meta.get("val_split") if meta.get("dataset") == args.data else None
+    dataset = build_dataset(args.data, args.split, val_split=val_split)
     info = dataset.info
     if (info.in_chans, info.num_classes) != (model.config.in_chans, model.config.num_classes):
         raise ValueError(f"{args.data} has {info.in_chans} channel(s) and {info.num_classes} classes; the model "
@@ -266,18 +280,18 @@ def cmd_export(args) -> int:
 
 def cmd_predict(args) -> int:
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
+
+    from vitkit.data.images import UnreadableImageError, decode_image
 
     model, meta = _load_for_inference(args.checkpoint)
     names = meta.get("class_names") or [str(i) for i in range(model.config.num_classes)]
     transform = _eval_transform(model, meta)
     mode = "L" if model.config.in_chans == 1 else "RGB"
     for path in args.images:
-        try:
-            with Image.open(path) as img:
-                array = np.asarray(img.convert(mode))
-        except (OSError, UnidentifiedImageError) as err:
-            raise ValueError(f"cannot read image {path}: {err}") from err
+        try:  # decoded as the folder datasets do: bombs refused, 16-bit scaled, errors naming the file
+            array = np.asarray(decode_image(path, mode))
+        except UnreadableImageError as err:
+            raise ValueError(str(err)) from err
         x = torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)[None]
         with torch.no_grad():
             probs = model(transform(x)).softmax(-1)[0]
@@ -326,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other training option")
     p.add_argument("--resume", nargs="?", const=True, default=None,
                    help="continue from the latest checkpoint in --output, or from the given checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--output holds an earlier run: remove its checkpoints, models and metrics and start over")
     p.add_argument("--nproc", type=int, help="launch this many processes with torchrun (DDP)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_train)
@@ -333,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="top-1/top-5/loss, per-class accuracy and a confusion matrix PNG")
     p.add_argument("checkpoint", help="model directory (e.g. runs/digits/best)")
     p.add_argument("--data", required=True)
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"),
+                   help="val: the validation split carved from the training data (as the model was trained)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", help="where eval.json and confusion.png go (default: CHECKPOINT/eval)")
     p.add_argument("--spec", help="evaluate the optimized model, e.g. 'tome:r=4,int8' (see vitkit optimize -h)")
@@ -411,7 +428,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, PermissionError, RuntimeError, TrainingDiverged) as err:
+    # expected failures (bad options, files, data, configs; a full disk; a busy output directory) are one
+    # line naming what was wrong; anything else is a bug and keeps its traceback
+    except (ValueError, OSError, RuntimeError, TrainingDiverged) as err:
         print(f"vitkit {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -74,7 +74,7 @@ def cifar_images(num: int, first_value: int) -> np.ndarray:
 
 
 def test_digits_shapes_split_sizes_and_stratification():
-    train, test = build_dataset("digits", "train"), build_dataset("digits", "test")
+    train, test = build_dataset("digits", "train", val_split=0), build_dataset("digits", "test")
     assert len(train) + len(test) == 1797
     assert len(test) == pytest.approx(0.2 * 1797, abs=10)
     for ds in (train, test):
@@ -96,9 +96,63 @@ def test_digits_shapes_split_sizes_and_stratification():
 
 
 def test_digits_split_is_fixed_whatever_the_seed():
-    a = build_dataset("digits", "test")
-    b = build_dataset("digits", "test", seed=123)
-    assert torch.equal(a.images, b.images) and torch.equal(a.targets, b.targets)
+    for split in ("test", "val"):
+        a = build_dataset("digits", split)
+        b = build_dataset("digits", split, seed=123)
+        assert torch.equal(a.images, b.images) and torch.equal(a.targets, b.targets)
+
+
+# --- validation splits ---
+
+
+def test_val_is_carved_from_train_stratified_and_disjoint_from_both():
+    full = build_dataset("digits", "train", val_split=0)
+    train, val, test = (build_dataset("digits", split) for split in ("train", "val", "test"))
+    assert len(val) == round(0.1 * len(full)) and len(train) + len(val) == len(full)
+    # every val and train image comes from the full training split, none twice, none from test
+    as_rows = lambda ds: {bytes(img.numpy()) + bytes([t]) for img, t in zip(ds.images, ds.targets.tolist(),
+                                                                           strict=True)}
+    assert as_rows(train) | as_rows(val) <= as_rows(full)
+    assert not as_rows(val) & as_rows(test) - as_rows(full)
+    counts, full_counts = torch.bincount(val.targets), torch.bincount(full.targets)
+    assert ((counts / full_counts) - len(val) / len(full)).abs().max() < 0.01  # stratified
+    assert train.info == val.info == test.info  # statistics of the training data, whatever is held out
+
+
+@pytest.mark.parametrize(("val_split", "expected"), [(100, 100), (0.25, 360), (0.5, 719), (1.0, 1)])
+def test_val_split_counts_and_fractions(val_split, expected):
+    val = build_dataset("digits", "val", val_split=val_split)
+    assert len(val) == expected
+    assert len(build_dataset("digits", "train", val_split=val_split)) == 1438 - expected
+
+
+@pytest.mark.parametrize(("val_split", "message"), [
+    (1438, r"val_split 1438 must hold out between 0 and 1437 of the 1438 training images in digits"),
+    (-3, r"val_split -3 must hold out between 0"),
+    (1.5, r"val_split 1.5 must be a fraction in \(0, 1\) or a whole count"),
+    ("many", r"val_split must be a count of images or a fraction in \(0, 1\), got 'many'"),
+])
+def test_bad_val_split_is_named(val_split, message):
+    with pytest.raises(ValueError, match=message):
+        build_dataset("digits", "train", val_split=val_split)
+
+
+def test_val_split_zero_has_no_val_and_unknown_splits_are_named():
+    with pytest.raises(ValueError, match=r"digits has no validation split with val_split=0"):
+        build_dataset("digits", "val", val_split=0)
+    with pytest.raises(ValueError, match=r"unknown split 'dev': use 'train', 'val' \(carved from the training "
+                                         r"data\) or 'test'"):
+        build_dataset("digits", "dev")
+
+
+def test_carved_val_has_exactly_the_requested_count():
+    from vitkit.data.base import carve_val
+
+    labels = np.array([0] * 7 + [1] * 5 + [2] * 3)
+    for count in range(1, 15):
+        train_idx, val_idx = carve_val(labels, count)
+        assert len(val_idx) == count and len(train_idx) == 15 - count
+        assert not set(train_idx) & set(val_idx)
 
 
 # --- IDX / MNIST family ---
@@ -113,7 +167,7 @@ def test_read_idx_round_trips_raw_and_gzip(tmp_path, name):
 @pytest.mark.parametrize("gz", [True, False])
 def test_mnist_from_idx_files(tmp_path, gz):
     images, labels = write_mnist_like(tmp_path, gz=gz)
-    train, test = build_dataset(f"mnist:{tmp_path}"), build_dataset(f"mnist:{tmp_path}", "test")
+    train, test = build_dataset(f"mnist:{tmp_path}", val_split=0), build_dataset(f"mnist:{tmp_path}", "test")
     assert train.images.shape == (6, 1, 5, 5) and test.images.shape == (4, 1, 5, 5)
     assert torch.equal(train.images[:, 0], torch.from_numpy(images[:6]))
     assert test.targets.tolist() == labels[6:].tolist()
@@ -171,12 +225,15 @@ def test_missing_fashion_mnist_says_where_and_how_to_install(tmp_path):
 
 @pytest.mark.skipif(not FASHION_MNIST_ROOT.is_dir(), reason="apt package dataset-fashion-mnist not installed")
 def test_fashion_mnist_real_files():
-    train, test = build_dataset("fashion-mnist"), build_dataset("fashion-mnist", "val")
-    assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
-    assert torch.bincount(train.targets).tolist() == [6000] * 10
+    full = build_dataset("fashion-mnist", val_split=0)
+    train, val, test = (build_dataset("fashion-mnist", split) for split in ("train", "val", "test"))
+    assert full.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
+    assert torch.bincount(full.targets).tolist() == [6000] * 10
     assert torch.bincount(test.targets).tolist() == [1000] * 10
-    assert train.targets[0] == 9 and train.info.class_names[9] == "Ankle boot"
-    assert train.info.mean[0] == pytest.approx(train.images.float().mean().item() / 255, abs=1e-3)
+    assert torch.bincount(train.targets).tolist() == [5500] * 10  # 5,000 held out for validation
+    assert torch.bincount(val.targets).tolist() == [500] * 10
+    assert full.targets[0] == 9 and full.info.class_names[9] == "Ankle boot"
+    assert full.info.mean[0] == pytest.approx(full.images.float().mean().item() / 255, abs=1e-3)
 
 
 # --- image folders ---
@@ -185,7 +242,7 @@ def test_fashion_mnist_real_files():
 def test_folder_auto_split_rgb(tmp_path):
     make_class_folders(tmp_path, RGB_COLORS, per_class=10)
     (tmp_path / "red" / "notes.txt").write_text("not an image extension, so ignored")
-    train = build_dataset(f"folder:{tmp_path}", img_size=6)
+    train = build_dataset(f"folder:{tmp_path}", img_size=6, val_split=0)
     test = build_dataset(f"folder:{tmp_path}", "test", img_size=6)
     assert (len(train), len(test)) == (24, 6)
     assert torch.bincount(test.targets).tolist() == [2, 2, 2]
@@ -199,8 +256,12 @@ def test_folder_auto_split_rgb(tmp_path):
     image, label = test[0]
     assert image.dtype == torch.uint8 and image.shape == (3, 6, 6)
     assert image[:, 0, 0].tolist() == list(RGB_COLORS[info.class_names[label]])
-    again = build_dataset(f"folder:{tmp_path}", img_size=6)
+    again = build_dataset(f"folder:{tmp_path}", img_size=6, val_split=0)
     assert again.samples == train.samples
+    carved_train = build_dataset(f"folder:{tmp_path}", img_size=6, val_split=3)
+    carved_val = build_dataset(f"folder:{tmp_path}", "val", img_size=6, val_split=3)
+    assert torch.bincount(carved_val.targets).tolist() == [1, 1, 1]
+    assert sorted(carved_train.samples + carved_val.samples) == sorted(train.samples)
 
 
 def test_folder_resizes_shorter_side_and_crops_centre(tmp_path):
@@ -208,7 +269,7 @@ def test_folder_resizes_shorter_side_and_crops_centre(tmp_path):
     image.paste((255, 255, 255), (10, 0, 20, 10))  # white middle third of a wide image
     (tmp_path / "only").mkdir()
     image.save(tmp_path / "only" / "wide.png")
-    ds = build_dataset(f"folder:{tmp_path}", img_size=5)
+    ds = build_dataset(f"folder:{tmp_path}", img_size=5, val_split=0)
     centre = ds[0][0]
     assert centre.shape == (3, 5, 5)
     assert centre[:, :, 1:4].min() == 255 and centre.min() > 200  # bicubic softens only the outermost columns
@@ -228,14 +289,28 @@ def test_folder_grayscale_and_mixed(tmp_path):
     assert mixed[0][0][:, 0, 0].tolist() == [30, 30, 30]
 
 
-def test_folder_uses_train_and_val_subfolders(tmp_path):
+def test_folder_train_and_val_subfolders_val_is_the_test_set(tmp_path):
+    """ImageNet's layout: val/ is the held-out evaluation set; validation is carved from train/."""
     make_class_folders(tmp_path / "train", RGB_COLORS, per_class=4)
     make_class_folders(tmp_path / "val", RGB_COLORS, per_class=1)
-    train = build_dataset(f"folder:{tmp_path}", img_size=4)
-    val = build_dataset(f"folder:{tmp_path}", "val", img_size=4)
-    assert (len(train), len(val)) == (12, 3)
-    assert all(path.parent.parent.name == "val" for path, _ in val.samples)
-    assert val.info == train.info
+    train = build_dataset(f"folder:{tmp_path}", img_size=4, val_split=3)
+    val = build_dataset(f"folder:{tmp_path}", "val", img_size=4, val_split=3)
+    test = build_dataset(f"folder:{tmp_path}", "test", img_size=4)
+    assert (len(train), len(val), len(test)) == (9, 3, 3)
+    assert all(path.parent.parent.name == "val" for path, _ in test.samples)
+    assert all(path.parent.parent.name == "train" for path, _ in train.samples + val.samples)
+    assert val.info == train.info == test.info
+
+
+def test_folder_that_ships_train_val_and_test_uses_all_three(tmp_path):
+    for split, per_class in (("train", 4), ("val", 2), ("test", 1)):
+        make_class_folders(tmp_path / split, RGB_COLORS, per_class=per_class)
+    sets = {split: build_dataset(f"folder:{tmp_path}", split, img_size=4) for split in ("train", "val", "test")}
+    assert {split: len(ds) for split, ds in sets.items()} == {"train": 12, "val": 6, "test": 3}
+    for split, ds in sets.items():
+        assert all(path.parent.parent.name == split for path, _ in ds.samples)
+    with pytest.raises(ValueError, match=r"ships its own validation split .*--val-split does not apply"):
+        build_dataset(f"folder:{tmp_path}", "train", img_size=4, val_split=2)
 
 
 def test_folder_split_class_lists_must_match(tmp_path):
@@ -250,7 +325,7 @@ def test_folder_skips_one_corrupt_file_with_one_warning(tmp_path):
     bad = write_corrupt(tmp_path / "a" / "broken.jpg")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        train = build_dataset(f"folder:{tmp_path}", img_size=4)
+        train = build_dataset(f"folder:{tmp_path}", img_size=4, val_split=0)
     assert len(caught) == 1
     assert re.search(f"skipping 1 of 121 image files.*{re.escape(str(bad))}", str(caught[0].message))
     assert len(train) == 96
@@ -292,7 +367,7 @@ def test_cifar10_fake_batches(tmp_path, protocol):
     with (tmp_path / "batches.meta").open("wb") as f:
         pickle.dump({"label_names": names, "num_vis": 3072}, f, protocol=protocol)
 
-    train, test = build_dataset(f"cifar10:{tmp_path}"), build_dataset(f"cifar10:{tmp_path}", "test")
+    train, test = build_dataset(f"cifar10:{tmp_path}", val_split=0), build_dataset(f"cifar10:{tmp_path}", "test")
     assert train.images.shape == (10, 3, 32, 32) and train.images.dtype == torch.uint8
     assert train.targets.tolist() == [1, 2, 2, 3, 3, 4, 4, 5, 5, 6]
     assert test.images[1, :, 5, 7].tolist() == [103, 104, 105]  # planes are red, green, blue in that order
@@ -306,7 +381,7 @@ def test_cifar100_fake_batches(tmp_path):
     names = [f"class{i}" for i in range(100)]
     with (tmp_path / "meta").open("wb") as f:
         pickle.dump({"fine_label_names": names, "coarse_label_names": names[:20]}, f)
-    train, test = build_dataset(f"cifar100:{tmp_path}"), build_dataset(f"cifar100:{tmp_path}", "test")
+    train, test = build_dataset(f"cifar100:{tmp_path}", val_split=0), build_dataset(f"cifar100:{tmp_path}", "test")
     assert train.info.num_classes == 100 and train.info.std == (0.2673, 0.2564, 0.2762)
     assert train.targets.tolist() == [0, 99, 50, 3] and len(test) == 2
 
@@ -339,12 +414,12 @@ def test_cifar_errors(tmp_path):
 
 
 def test_synthetic_is_deterministic_balanced_and_sized():
-    train, test = build_dataset("synthetic"), build_dataset("synthetic", "test")
+    train, test = build_dataset("synthetic", val_split=0), build_dataset("synthetic", "test")
     assert (len(train), len(test)) == (512, 128)
     assert train.images.shape[1:] == (3, 32, 32) and train.images.dtype == torch.uint8
     assert torch.bincount(train.targets).max() - torch.bincount(train.targets).min() <= 1
-    assert torch.equal(build_dataset("synthetic").images, train.images)
-    assert not torch.equal(build_dataset("synthetic", seed=1).images, train.images)
+    assert torch.equal(build_dataset("synthetic", val_split=0).images, train.images)
+    assert not torch.equal(build_dataset("synthetic", seed=1, val_split=0).images, train.images)
     assert not torch.equal(train.images[:128], test.images)
 
     small = build_dataset("synthetic:40", "test", img_size=16)
@@ -379,7 +454,7 @@ def test_unknown_dataset_lists_valid_names_and_suggests_closest():
 @pytest.mark.parametrize(
     ("spec", "kwargs", "message"),
     [
-        ("digits", {"split": "holdout"}, r"split 'holdout': use 'train' or 'test' \('val' is an alias"),
+        ("digits", {"split": "holdout"}, r"split 'holdout': use 'train', 'val' \(carved from the training data\)"),
         ("cifar10", {}, "dataset 'cifar10' needs a path: write it as 'cifar10:PATH'"),
         ("digits:/tmp", {}, "dataset 'digits' takes no argument"),
         ("digits", {"img_size": 32}, "digits images are 8x8, not 32: resize in the transforms"),
@@ -392,8 +467,9 @@ def test_bad_specs(spec, kwargs, message):
         build_dataset(spec, **kwargs)
 
 
-def test_val_is_an_alias_of_test():
-    assert torch.equal(build_dataset("digits", "val").targets, build_dataset("digits", "test").targets)
+def test_val_is_not_the_test_split():
+    val, test = build_dataset("digits", "val"), build_dataset("digits", "test")
+    assert len(val) != len(test) or not torch.equal(val.images, test.images)
 
 
 def test_dataset_info_checks_itself():

@@ -12,8 +12,8 @@ from vitkit.training import TrainConfig, load_recipe, train
 @pytest.fixture(scope="module")
 def trained_digits(tmp_path_factory):
     out = tmp_path_factory.mktemp("digits")
-    recipe = {**load_recipe("digits"), "output": str(out), "epochs": 15, "eval_every": 15, "progress": False}
-    train(TrainConfig.from_dict(recipe))  # ~20 s to ~90% top-1
+    recipe = {**load_recipe("digits"), "output": str(out), "epochs": 20, "eval_every": 20, "progress": False}
+    train(TrainConfig.from_dict(recipe))  # ~25 s to ~90% top-1 on the 1,294 training images left beside validation
     return out / "best"
 
 
@@ -44,7 +44,11 @@ def test_onnx_int8_is_close_and_smaller_with_the_head_float(exported, tmp_path):
         ref, out = model(x), OnnxModel(q)(x)
     assert 0 < (ref - out).abs().max() < 0.1 * ref.abs().max()
     graph = onnx.load(str(q)).graph
-    assert "head.weight" in {i.name for i in graph.initializer}  # float, not head.weight_quantized
+    # the head's weights stay float (onnxruntime renames them, e.g. head.weight_Transposed in 1.32): every
+    # initializer shaped like the head's weight, either way round, is float, and there is at least one
+    head_shapes = {tuple(model.head.weight.shape), tuple(model.head.weight.shape)[::-1]}
+    head_like = [i for i in graph.initializer if tuple(i.dims) in head_shapes]
+    assert head_like and all(i.data_type == onnx.TensorProto.FLOAT for i in head_like)
     assert sum(n.op_type == "MatMulInteger" for n in graph.node) == 4 * len(model.blocks)
 
 

@@ -27,10 +27,14 @@ def test_train_writes_models_metrics_and_learns(tmp_path):
     summary = train(config(tmp_path, epochs=6, data="synthetic:256", auto_augment="rand-m9-n2", ema_decay=0.9))
     out = Path(summary["output"])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
-    assert {"train_loss", "model_top1", "ema_top1", "lr", "img_per_s"} <= set(rows[0])
-    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
-    assert summary["best_top1"] > 0.3  # 10 classes: chance is 0.1
+    epochs, test_rows = rows[:-1], rows[-1:]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3, 4, 5, 6]
+    assert {"train_loss", "val_model_top1", "val_ema_top1", "lr", "img_per_s"} <= set(epochs[0])
+    assert not any(key.startswith("test") for r in epochs for key in r)  # no test numbers during training
+    assert {"test_selected_top1", "test_final_top1"} <= set(test_rows[0])
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert summary["best_val_top1"] > 0.3  # 10 classes: chance is 0.1
+    assert summary["report"].top1 > 0.3 and summary["final_report"].num_samples == 64
     for directory in ("best", "final", "final_ema"):
         assert (out / directory / "model.safetensors").is_file()
     best = vitkit.load(out / "best")
@@ -70,7 +74,7 @@ def test_bad_options_are_named(tmp_path):
         TrainConfig.from_dict({"epoch": 3})
     with pytest.raises(ValueError, match="batch_size 30 is not divisible by accum_steps 4"):
         TrainConfig(batch_size=30, accum_steps=4)
-    with pytest.raises(ValueError, match=r"batch_size 512 is larger than the training set \(128 images\)"):
+    with pytest.raises(ValueError, match=r"batch_size 512 is larger than the training set \(115 images\)"):
         train(config(tmp_path, batch_size=512))
     with pytest.raises(ValueError, match=r"sdpa_backend must be one of math, flash_attention, .* got 'fast'"):
         TrainConfig(sdpa_backend="fast")

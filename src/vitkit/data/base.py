@@ -7,8 +7,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-SPLITS = ("train", "test")
-SPLIT_ALIASES = {"val": "test"}
+SPLITS = ("train", "val", "test")
+SPLIT_SEED = 0  # validation splits are carved with a fixed seed: the same images in every run and every seed
 
 
 @dataclass(frozen=True)
@@ -51,12 +51,41 @@ class InMemoryImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.images[index], int(self.targets[index])
 
+    def subset(self, indices: np.ndarray) -> "InMemoryImageDataset":
+        index = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+        return InMemoryImageDataset(self.images[index], self.targets[index], self.info)
 
-def canonical_split(split: str) -> str:
-    split = SPLIT_ALIASES.get(split, split)
+
+def check_split(split: str) -> str:
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}: use 'train' or 'test' ('val' is an alias of 'test')")
+        raise ValueError(f"unknown split {split!r}: use 'train', 'val' (carved from the training data) or 'test'")
     return split
+
+
+def val_count(val_split: float | int, num_train: int, source: str) -> int:
+    """How many of `num_train` training images a `--val-split` value holds out: a count (>= 1), a
+    fraction in (0, 1), or 0 for none."""
+    if isinstance(val_split, bool) or not isinstance(val_split, int | float):
+        raise ValueError(f"val_split must be a count of images or a fraction in (0, 1), got {val_split!r}")
+    if isinstance(val_split, float) and val_split.is_integer() and val_split >= 1:
+        val_split = int(val_split)
+    if isinstance(val_split, float):
+        if not 0 <= val_split < 1:
+            raise ValueError(f"val_split {val_split} must be a fraction in (0, 1) or a whole count of images")
+        count = round(num_train * val_split)
+        if val_split > 0 and count == 0:
+            raise ValueError(f"val_split {val_split} of {num_train} training images in {source} is no image")
+        return count
+    if not 0 <= val_split < num_train:
+        raise ValueError(f"val_split {val_split} must hold out between 0 and {num_train - 1} of the {num_train} "
+                         f"training images in {source}")
+    return val_split
+
+
+def carve_val(targets: torch.Tensor | np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices: `count` images held out, stratified by class, always the same ones."""
+    labels = np.asarray(targets)
+    return stratified_split(labels, count / len(labels), SPLIT_SEED, exact=count)
 
 
 def channel_stats(batches: Iterable[torch.Tensor]) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -79,13 +108,23 @@ def channel_stats(batches: Iterable[torch.Tensor]) -> tuple[tuple[float, ...], t
     return tuple(round(m, 4) for m in mean.tolist()), tuple(round(s, 4) for s in std.tolist())
 
 
-def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted train and test indices with each class split in the same proportion."""
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int,
+                     exact: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted train and test indices with each class split in the same proportion.
+
+    With `exact`, the held-out part has exactly that many images: per-class shares are rounded down,
+    and the remaining ones go to the classes with the largest remainders (largest-remainder method).
+    """
     rng = np.random.default_rng(seed)
-    train, test = [], []
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        num_test = round(len(members) * test_fraction)
-        test.append(members[:num_test])
-        train.append(members[num_test:])
+    classes = np.unique(labels)
+    members = [rng.permutation(np.flatnonzero(labels == label)) for label in classes]
+    if exact is None:
+        counts = [round(len(m) * test_fraction) for m in members]
+    else:
+        shares = np.array([len(m) * exact / len(labels) for m in members])
+        counts = np.floor(shares).astype(int)
+        for i in np.argsort(-(shares - counts), kind="stable")[: exact - counts.sum()]:
+            counts[i] += 1
+    train = [m[n:] for m, n in zip(members, counts, strict=True)]
+    test = [m[:n] for m, n in zip(members, counts, strict=True)]
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))

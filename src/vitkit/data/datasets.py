@@ -4,11 +4,11 @@ import difflib
 
 from torch.utils.data import Dataset
 
-from .base import canonical_split
+from .base import carve_val, check_split, val_count
 from .cifar import CIFAR10, CIFAR100, load_cifar
 from .digits import load_digits
 from .folder import DEFAULT_IMG_SIZE as FOLDER_IMG_SIZE
-from .folder import build_folder_dataset
+from .folder import build_folder_dataset, folder_ships_val
 from .idx import FASHION_MNIST, MNIST, load_idx_dataset
 from .synthetic import DEFAULT_IMG_SIZE as SYNTHETIC_IMG_SIZE
 from .synthetic import DEFAULT_NUM_TRAIN, make_synthetic
@@ -23,13 +23,33 @@ SPEC_FORMS = {  # dataset name -> how its spec is written, for list_datasets() u
     "synthetic": "synthetic[:N]",
 }
 
+# How much of each dataset's training split is held out for validation (checkpoint selection, tuning,
+# calibration) when --val-split is not given: a count of images (at most a tenth of a smaller training
+# split), or a fraction. Carved stratified by class with a fixed seed, so every run and every training
+# seed holds out the same images.
+DEFAULT_VAL_SPLIT = {
+    "cifar10": 5000,
+    "cifar100": 5000,
+    "digits": 0.1,  # 144 of the 1,437 training images
+    "fashion-mnist": 5000,
+    "folder": 0.1,
+    "mnist": 5000,
+    "synthetic": 0.1,
+}
+
 
 def list_datasets() -> list[str]:
     return sorted(SPEC_FORMS)
 
 
-def build_dataset(spec: str, split: str = "train", *, seed: int = 0, img_size: int | None = None) -> Dataset:
-    """The `split` ("train" or "test"; "val" means "test") of the dataset named by `spec`.
+def build_dataset(spec: str, split: str = "train", *, seed: int = 0, img_size: int | None = None,
+                  val_split: float | int | None = None) -> Dataset:
+    """The `split` ("train", "val" or "test") of the dataset named by `spec`.
+
+    "val" is the dataset's own validation split where it ships one (a folder with train/, val/ and
+    test/), else it is carved from the training split: `val_split` images (a count, or a fraction in
+    (0, 1); default `DEFAULT_VAL_SPLIT[name]`), stratified and always the same ones, and "train" is
+    then the rest. `val_split=0` keeps the whole training split and there is no "val".
 
     Items are (uint8 tensor (C, H, W), int label) and the dataset carries `.info` (a DatasetInfo) and
     `.targets`; in-memory datasets also carry `.images`, folder datasets `.samples`.
@@ -46,28 +66,55 @@ def build_dataset(spec: str, split: str = "train", *, seed: int = 0, img_size: i
         raise ValueError(f"dataset {name!r} needs a path: write it as {form!r}")
     if ":" not in form and arg:
         raise ValueError(f"dataset {name!r} takes no argument, got {spec!r}")
-    split = canonical_split(split)
+    check_split(split)
 
-    if name == "fashion-mnist":
-        dataset = load_idx_dataset(arg, split, FASHION_MNIST)
-    elif name == "mnist":
-        dataset = load_idx_dataset(arg, split, MNIST)
-    elif name == "cifar10":
-        dataset = load_cifar(arg, split, CIFAR10)
-    elif name == "cifar100":
-        dataset = load_cifar(arg, split, CIFAR100)
-    elif name == "digits":
-        dataset = load_digits(split)
-    elif name == "folder":
-        dataset = build_folder_dataset(arg, split, img_size or FOLDER_IMG_SIZE)
+    if split == "test":
+        dataset = _official_split(name, arg, spec, "test", seed, img_size)
+    elif name == "folder" and folder_ships_val(arg):
+        if val_split is not None:
+            raise ValueError(f"{spec} ships its own validation split (val/ beside train/ and test/); "
+                             "--val-split does not apply to it")
+        dataset = _official_split(name, arg, spec, split, seed, img_size)
     else:
-        size = img_size or SYNTHETIC_IMG_SIZE
-        dataset = make_synthetic(split, num_train=parse_count(spec, arg), seed=seed, img_size=size)
+        train = _official_split(name, arg, spec, "train", seed, img_size)
+        count = val_count(default_val_count(name, len(train)) if val_split is None else val_split, len(train), spec)
+        if count == 0 and split == "val":
+            raise ValueError(f"{spec} has no validation split with val_split=0 (the whole training split "
+                             "trains); give a count or fraction to carve one")
+        if count == 0:
+            dataset = train
+        else:
+            train_idx, val_idx = carve_val(train.targets, count)
+            dataset = train.subset(train_idx if split == "train" else val_idx)
 
     if img_size is not None and dataset.info.img_size != img_size:
         native = dataset.info.img_size
         raise ValueError(f"{name} images are {native}x{native}, not {img_size}: resize in the transforms")
     return dataset
+
+
+def default_val_count(name: str, num_train: int) -> int:
+    default = DEFAULT_VAL_SPLIT[name]
+    count = min(default, round(0.1 * num_train)) if isinstance(default, int) else round(default * num_train)
+    return max(1, count)
+
+
+def _official_split(name: str, arg: str, spec: str, split: str, seed: int, img_size: int | None):
+    """The split as the dataset itself defines it."""
+    if name == "folder":
+        return build_folder_dataset(arg, split, img_size or FOLDER_IMG_SIZE)
+    if name == "fashion-mnist":
+        return load_idx_dataset(arg, split, FASHION_MNIST)
+    if name == "mnist":
+        return load_idx_dataset(arg, split, MNIST)
+    if name == "cifar10":
+        return load_cifar(arg, split, CIFAR10)
+    if name == "cifar100":
+        return load_cifar(arg, split, CIFAR100)
+    if name == "digits":
+        return load_digits(split)
+    size = img_size or SYNTHETIC_IMG_SIZE
+    return make_synthetic(split, num_train=parse_count(spec, arg), seed=seed, img_size=size)
 
 
 def unknown_dataset_message(name: str) -> str:

@@ -2,6 +2,7 @@
 
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -9,6 +10,7 @@ import torch
 from ..weights import atomic_write
 
 _STEP_FILE = re.compile(r"step-(\d+)\.pt$")
+REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step_in_epoch", "global_step", "torch_rng")
 
 
 class CheckpointManager:
@@ -35,14 +37,53 @@ class CheckpointManager:
 
 
 def load_training_state(path: str | os.PathLike) -> dict:
+    """A training checkpoint: the file given, or the newest readable one in a run or checkpoints
+    directory (an unreadable newest file, e.g. cut short by a full disk, falls back to the one before,
+    with a warning).
+
+    Loaded with `weights_only=True`: a checkpoint holds tensors, numbers, strings and containers only,
+    so a planted or shared file cannot run code."""
     path = Path(path)
-    if path.is_dir():
-        latest = CheckpointManager(path if path.name == "checkpoints" else path / "checkpoints").latest()
-        if latest is None:
-            raise FileNotFoundError(f"no training checkpoint (checkpoints/step-*.pt) under {path} to resume from")
-        path = latest
+    if not path.is_dir():
+        return _read(path)
+    candidates = CheckpointManager(path if path.name == "checkpoints" else path / "checkpoints").checkpoints()
+    if not candidates:
+        raise FileNotFoundError(f"no training checkpoint (checkpoints/step-*.pt) under {path} to resume from")
+    for newer, candidate in zip([None, *candidates[::-1]], candidates[::-1], strict=False):
+        try:
+            state = _read(candidate)
+        except ValueError as err:
+            warnings.warn(f"skipping {candidate}: {err}", stacklevel=2)
+            continue
+        if newer is not None:
+            warnings.warn(f"resuming from {candidate.name}, the newest readable checkpoint", stacklevel=2)
+        return state
+    raise ValueError(f"none of the {len(candidates)} training checkpoints under {path} is readable "
+                     f"(newest: {candidates[-1]}); start over with --overwrite")
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"training checkpoint {path} does not exist")
     try:
-        # Our own files: they hold optimizer state and python RNG state, which weights_only cannot.
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise ValueError(f"{path} is not a readable vitkit training checkpoint: {err}") from err
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except RecursionError:
+        raise ValueError(f"{path} is not a vitkit training checkpoint: nested too deeply to be one") from None
+    except Exception as err:  # torch raises many types for damaged zips, refused globals and bad pickles
+        raise ValueError(f"{path} is not a readable vitkit training checkpoint: {_first_line(err)}") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"{path} is not a vitkit training checkpoint: it lacks {', '.join(missing)}")
+    model = state["model"]
+    if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        raise ValueError(f"{path} is not a vitkit training checkpoint: its 'model' entry is not a dict of tensors")
+    bad = [k for k in ("epoch", "step_in_epoch", "global_step") if type(state[k]) is not int or state[k] < 0]
+    if bad or not isinstance(state["optimizer"], dict) or not isinstance(state["scheduler"], dict):
+        raise ValueError(f"{path} is not a vitkit training checkpoint: malformed "
+                         f"{', '.join(bad) or 'optimizer or scheduler state'}")
+    return state
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

@@ -2,6 +2,9 @@
 
 import dataclasses
 import difflib
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,9 @@ SDPA_BACKENDS = ("MATH", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENT
 class TrainConfig:
     model: str = "vit_pico_patch2_8"
     data: str = "digits"
+    # images of the training split held out for validation (selects best/): a count, a fraction in
+    # (0, 1), or 0 to train on everything and keep the final model; None: the dataset's default
+    val_split: float | int | None = None
     output: str = "runs/digits"
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # timm-named overrides, e.g. {embed_dim: 96}
     init_checkpoint: str | None = None  # start from these weights (fine-tuning); head refit when classes differ
@@ -43,7 +49,9 @@ class TrainConfig:
     crop_pct: float = 1.0
     # regularisation and precision
     ema_decay: float | None = None  # e.g. 0.9998; evaluated and saved beside the model
-    amp: bool = False  # bf16 autocast (CPU with AVX512-BF16 / AMX, or CUDA)
+    # bf16 autocast: true, false, or "auto" (on where the hardware runs bf16 natively: a CUDA GPU with
+    # bf16, or a CPU with AVX512-BF16 or AMX; elsewhere bf16 is emulated and slower than fp32)
+    amp: bool | str = False
     # attention kernel for training steps (torch.nn.attention.SDPBackend name, e.g. "math"); None: torch
     # chooses. On CPU with a few dozen tokens the unfused math path trains faster than flash.
     sdpa_backend: str | None = None
@@ -63,15 +71,42 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
+        problems = _type_problems(self)
+        if problems:  # ranges below assume the types are right
+            raise ValueError("invalid training config: " + "; ".join(problems))
         self.scale, self.ratio = tuple(self.scale), tuple(self.ratio)
-        problems = []
         for name in ("epochs", "batch_size", "accum_steps", "eval_every", "keep_last"):
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.batch_size % self.accum_steps:
+        for name in ("ckpt_every", "workers", "seed", "weight_decay", "warmup_epochs", "min_lr", "mixup", "cutmix"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("hflip", "re_prob", "mix_prob", "distill_alpha"):
+            if not 0 <= getattr(self, name) <= 1:
+                problems.append(f"{name} is a probability or weight in [0, 1], got {getattr(self, name)}")
+        for name in ("drop_path", "label_smoothing"):
+            if not 0 <= getattr(self, name) < 1:
+                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.batch_size >= 1 and self.accum_steps >= 1 and self.batch_size % self.accum_steps:
             problems.append(f"batch_size {self.batch_size} is not divisible by accum_steps {self.accum_steps}")
-        if self.lr <= 0 or self.min_lr < 0:
-            problems.append(f"lr must be > 0 and min_lr >= 0, got lr={self.lr} min_lr={self.min_lr}")
+        if self.lr <= 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if self.clip_grad is not None and self.clip_grad <= 0:
+            problems.append(f"clip_grad must be > 0 (a gradient-norm bound) or null, got {self.clip_grad}")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append(f"max_steps must be >= 1 or null, got {self.max_steps}")
+        if not 0 < self.crop_pct <= 1:
+            problems.append(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+        if self.distill_tau <= 0:
+            problems.append(f"distill_tau must be > 0, got {self.distill_tau}")
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1] <= 1:
+            problems.append(f"scale must be [min, max] with 0 < min <= max <= 1, got {list(self.scale)}")
+        if len(self.ratio) != 2 or not 0 < self.ratio[0] <= self.ratio[1]:
+            problems.append(f"ratio must be [min, max] with 0 < min <= max, got {list(self.ratio)}")
+        if self.val_split is not None and not (0 <= self.val_split < 1 or float(self.val_split).is_integer()):
+            problems.append(f"val_split must be a count of images, a fraction in (0, 1) or 0, got {self.val_split}")
+        if isinstance(self.amp, str) and self.amp != "auto":
+            problems.append(f"amp must be true, false or 'auto', got {self.amp!r}")
         if self.distill not in ("none", "hard", "soft"):
             problems.append(f"distill must be 'none', 'hard' or 'soft', got {self.distill!r}")
         if self.distill != "none" and not self.teacher:
@@ -100,6 +135,53 @@ class TrainConfig:
         data = dataclasses.asdict(self)
         data["scale"], data["ratio"] = list(self.scale), list(self.ratio)
         return data
+
+
+def _type_problems(cfg: TrainConfig) -> list[str]:
+    """Each field checked against its annotation: a YAML typo such as `epochs: 1.5`, `lr: "fast"` or
+    `amp: "yes"` is named here instead of failing (or silently misbehaving) mid-run."""
+    problems = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if not _is_instance(value, f.type):
+            problems.append(f"{f.name} must be {_describe(f.type)}, got {value!r} ({type(value).__name__})")
+    return problems
+
+
+def _is_instance(value, annotation) -> bool:
+    if annotation is Any:
+        return True
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_instance(value, a) for a in args)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:  # an integer is a fine float (lr: 1 is odd but meaningful)
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if origin is tuple:
+        return (isinstance(value, list | tuple) and len(value) == len(args)
+                and all(_is_instance(v, a) for v, a in zip(value, args, strict=True)))
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    return isinstance(value, annotation)
+
+
+def _describe(annotation) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if annotation is type(None):
+        return "null"
+    if origin is tuple:
+        return f"a list of {len(args)} numbers"
+    if origin is dict:
+        return "a mapping"
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
 def resolve_recipe(name_or_path: str) -> Path:

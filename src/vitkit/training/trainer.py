@@ -1,8 +1,11 @@
 """The training loop: DeiT recipe, exact resume, DDP, atomic checkpoints.
 
 Read top to bottom: `train` sets everything up, `_run_epochs` is the loop, the rest are its steps.
+Checkpoints are selected on the validation split (carved from the training data); the test split is
+evaluated once, at the end, for the selected and for the final model.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -19,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..data import build_dataset
 from ..data.transforms import AugmentConfig, EvalTransform, TrainAugment
+from ..efficiency.precision import cpu_has_native_bf16
 from ..evaluation.classification import evaluate_classifier, save_confusion_png
 from ..models import create_model
 from ..weights import atomic_write_text, load, load_checkpoint, save
@@ -30,9 +34,10 @@ from .ema import ModelEma
 from .losses import DistillationLoss
 from .optim import build_optimizer, warmup_cosine
 from .progress import Progress
+from .run_dir import RunDirectory
 
 # Options that fix the data stream and the model: a resumed run must keep them.
-_RESUME_FIXED = ("model", "data", "model_kwargs", "batch_size", "seed", "img_size", "accum_steps")
+_RESUME_FIXED = ("model", "data", "val_split", "model_kwargs", "batch_size", "seed", "img_size", "accum_steps")
 
 
 class TrainingDiverged(RuntimeError):
@@ -54,6 +59,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     criterion: DistillationLoss
     train_set: object
+    val_set: object | None  # None with val_split=0: nothing is selected, the final model is the result
     test_set: object
     train_aug: TrainAugment
     eval_tf: EvalTransform
@@ -63,21 +69,33 @@ class Run:
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
-    best_top1: float = -1.0
-    best_report: object = None  # ClassificationReport of what best/ holds (rank 0)
+    best_val_top1: float = -1.0
+    best_meta: dict | None = None  # metadata of what best/ holds (rank 0)
+    last_val: dict | None = None  # the last validation results, {"model_top1": ...} (rank 0)
     tensorboard: object = None  # SummaryWriter, when tensorboard is installed (rank 0)
 
 
-def train(cfg: TrainConfig, resume: str | bool | None = None) -> dict:
-    """Train as `cfg` says; `resume` is True (latest checkpoint in cfg.output) or a checkpoint path."""
+def train(cfg: TrainConfig, resume: str | bool | None = None, overwrite: bool = False) -> dict:
+    """Train as `cfg` says; `resume` is True (latest checkpoint in cfg.output) or a checkpoint path.
+
+    An output directory that already holds a run is refused unless `resume` (continue it) or
+    `overwrite` (remove the old run's files, then start over); a lock held for the whole run refuses a
+    second concurrent run on the same directory.
+    """
     device = _pick_device(cfg.device)
+    if cfg.amp == "auto":
+        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
+        cfg = dataclasses.replace(cfg, amp=native)
     dist = init_distributed(device)
     if device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     out = Path(cfg.output)
-    if dist.is_main:
-        _check_writable(out)
+    run_dir = RunDirectory(out)
     try:
+        if dist.is_main:
+            _check_writable(out)
+            run_dir.acquire(resume=bool(resume), overwrite=overwrite)
+        barrier(dist)
         run = _build_run(cfg, dist, device, out)
         if resume:
             _restore(run, load_training_state(out / "checkpoints" if resume is True else resume))
@@ -85,11 +103,13 @@ def train(cfg: TrainConfig, resume: str | bool | None = None) -> dict:
             atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
         return _run_epochs(run)
     finally:
+        run_dir.release()
         shutdown(dist)
 
 
 def _build_run(cfg: TrainConfig, dist: DistInfo, device: torch.device, out: Path) -> Run:
-    train_set = build_dataset(cfg.data, "train", seed=cfg.seed)
+    train_set = build_dataset(cfg.data, "train", seed=cfg.seed, val_split=cfg.val_split)
+    val_set = None if cfg.val_split == 0 else build_dataset(cfg.data, "val", seed=cfg.seed, val_split=cfg.val_split)
     test_set = build_dataset(cfg.data, "test", seed=cfg.seed)
     info = train_set.info
     torch.manual_seed(cfg.seed)  # identical initial weights on every process
@@ -122,7 +142,7 @@ def _build_run(cfg: TrainConfig, dist: DistInfo, device: torch.device, out: Path
         cfg=cfg, dist=dist, device=device, out=out, model=model, ddp_model=ddp_model,
         ema=ModelEma(model, cfg.ema_decay) if cfg.ema_decay else None, optimizer=optimizer, scheduler=scheduler,
         criterion=DistillationLoss(teacher, cfg.distill, cfg.distill_alpha, cfg.distill_tau),
-        train_set=train_set, test_set=test_set, train_aug=TrainAugment(aug, info.num_classes),
+        train_set=train_set, val_set=val_set, test_set=test_set, train_aug=TrainAugment(aug, info.num_classes),
         eval_tf=EvalTransform(aug), checkpoints=CheckpointManager(out / "checkpoints", cfg.keep_last),
         steps_per_epoch=steps_per_epoch, total_steps=min(total_steps, cfg.max_steps or total_steps),
     )
@@ -130,7 +150,7 @@ def _build_run(cfg: TrainConfig, dist: DistInfo, device: torch.device, out: Path
 
 def _run_epochs(run: Run) -> dict:
     cfg, start = run.cfg, time.perf_counter()
-    report, evaluated = None, False
+    evaluated = False
     while run.epoch < cfg.epochs and run.global_step < run.total_steps:
         epoch_start, losses = time.perf_counter(), []
         order = epoch_order(len(run.train_set), cfg.seed, run.epoch)
@@ -153,14 +173,14 @@ def _run_epochs(run: Run) -> dict:
                "img_per_s": len(losses) * cfg.batch_size / (time.perf_counter() - epoch_start)}
         evaluated = run.epoch % cfg.eval_every == 0 or last
         if evaluated:
-            report = _evaluate_and_keep_best(run, row)
+            _validate_and_keep_best(run, row)
         _save_checkpoint(run)
         if run.dist.is_main:
             _log(run, row)
     barrier(run.dist)
     if not evaluated:  # resumed at the very end: nothing trained in this process
-        report = _evaluate_and_keep_best(run, {})
-    return _finish(run, report, time.perf_counter() - start)
+        _validate_and_keep_best(run, {})
+    return _finish(run, time.perf_counter() - start)
 
 
 def _attention_kernel(cfg: TrainConfig):
@@ -205,33 +225,33 @@ def _train_step(run: Run, images: torch.Tensor, targets: torch.Tensor) -> float:
     return loss_value
 
 
-def _evaluate_and_keep_best(run: Run, row: dict):
-    """Evaluate on rank 0 (others wait), log into `row`, save `best/` when top-1 improves."""
-    report = None
-    if run.dist.is_main:
-        info = run.test_set.info
+def _validate_and_keep_best(run: Run, row: dict) -> None:
+    """Evaluate the model (and its EMA) on the validation split on rank 0 (others wait), log into
+    `row`, and save `best/` when validation top-1 improves. Without a validation split, nothing."""
+    if run.dist.is_main and run.val_set is not None:
+        info = run.val_set.info
         candidates = {"model": run.model} | ({"ema": run.ema.module} if run.ema else {})
         reports = {}
         for name, module in candidates.items():
-            batches = eval_batches(run.test_set, run.eval_tf, workers=run.cfg.workers)
+            batches = eval_batches(run.val_set, run.eval_tf, workers=run.cfg.workers)
             reports[name] = evaluate_classifier(module, batches, info.num_classes, info.class_names, run.cfg.amp)
-            row.update({f"{name}_top1": reports[name].top1, f"{name}_top5": reports[name].top5,
-                        f"{name}_loss": reports[name].loss})
+            row.update({f"val_{name}_top1": reports[name].top1, f"val_{name}_top5": reports[name].top5,
+                        f"val_{name}_loss": reports[name].loss})
+        run.last_val = {f"{name}_top1": r.top1 for name, r in reports.items()}
         best_name = max(reports, key=lambda n: reports[n].top1)
-        report = reports[best_name]
-        if report.top1 > run.best_top1:
-            run.best_top1, run.best_report = report.top1, report
-            save(candidates[best_name], run.out / "best", metadata=_model_metadata(run, best_name, report))
+        if reports[best_name].top1 >= run.best_val_top1:  # a tie goes to the later, further-trained model
+            run.best_val_top1 = reports[best_name].top1
+            run.best_meta = _model_metadata(run, best_name, reports[best_name].top1)
+            save(candidates[best_name], run.out / "best", metadata=run.best_meta)
     barrier(run.dist)
-    return report
 
 
-def _model_metadata(run: Run, which: str, report) -> dict:
+def _model_metadata(run: Run, which: str, val_top1: float | None) -> dict:
     info = run.train_set.info
     return {
-        "dataset": run.cfg.data, "class_names": list(info.class_names), "mean": list(info.mean),
-        "std": list(info.std), "crop_pct": run.cfg.crop_pct, "weights": which, "epoch": run.epoch,
-        "step": run.global_step, "top1": report.top1,
+        "dataset": run.cfg.data, "val_split": run.cfg.val_split, "class_names": list(info.class_names),
+        "mean": list(info.mean), "std": list(info.std), "crop_pct": run.cfg.crop_pct, "weights": which,
+        "epoch": run.epoch, "step": run.global_step, "val_top1": val_top1,
     }
 
 
@@ -242,7 +262,8 @@ def _save_checkpoint(run: Run) -> None:
         "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "ema": run.ema.state_dict() if run.ema else None,
         "epoch": run.epoch, "step_in_epoch": run.step_in_epoch, "global_step": run.global_step,
-        "best_top1": run.best_top1, "config": run.cfg.to_dict(), "torch_rng": torch.get_rng_state(),
+        "best_val_top1": run.best_val_top1, "best_meta": run.best_meta, "last_val": run.last_val,
+        "config": run.cfg.to_dict(), "torch_rng": torch.get_rng_state(),
     }
     run.checkpoints.save(state, run.global_step)
 
@@ -259,7 +280,10 @@ def _restore(run: Run, state: dict) -> None:
     if run.ema is not None and state.get("ema") is not None:
         run.ema.load_state_dict(state["ema"])
     run.epoch, run.step_in_epoch = state["epoch"], state["step_in_epoch"]
-    run.global_step, run.best_top1 = state["global_step"], state["best_top1"]
+    run.global_step = state["global_step"]
+    # a checkpoint written before validation splits existed selected on test: its best is not kept
+    run.best_val_top1 = state.get("best_val_top1", -1.0)
+    run.best_meta, run.last_val = state.get("best_meta"), state.get("last_val")
     torch.set_rng_state(state["torch_rng"])
 
 
@@ -267,25 +291,48 @@ def _norm(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def _finish(run: Run, report, elapsed: float) -> dict:
-    summary = {"output": str(run.out), "elapsed_s": elapsed, "global_step": run.global_step,
-               "best_top1": run.best_top1}
+def _finish(run: Run, elapsed: float) -> dict:
+    """Save the final model, then evaluate the test split once: the selected model (best/, chosen on
+    validation) and the final one. Without a validation split the final model is the result."""
+    summary = {"output": str(run.out), "elapsed_s": elapsed, "global_step": run.global_step, "amp": run.cfg.amp,
+               "best_val_top1": run.best_val_top1 if run.val_set is not None else None}
     if run.dist.is_main:
-        save(run.model, run.out / "final", metadata=_model_metadata(run, "model", report))
+        last_val = (run.last_val or {}).get("model_top1")
+        final_meta = _model_metadata(run, "model", last_val)
+        save(run.model, run.out / "final", metadata=final_meta)
         if run.ema is not None:
-            save(run.ema.module, run.out / "final_ema", metadata=_model_metadata(run, "ema", report))
-        best_report = run.best_report or _evaluate_saved_best(run)
-        save_confusion_png(best_report, run.out / "confusion.png")
-        atomic_write_text(run.out / "eval.json", json.dumps(best_report.to_dict(), indent=2) + "\n")
-        summary.update(report=best_report)
+            save(run.ema.module, run.out / "final_ema",
+                 metadata=_model_metadata(run, "ema", (run.last_val or {}).get("ema_top1")))
+        info, amp = run.test_set.info, run.cfg.amp
+
+        def test(model):
+            batches = eval_batches(run.test_set, run.eval_tf, workers=run.cfg.workers)
+            return evaluate_classifier(model.to(run.device), batches, info.num_classes, info.class_names, amp)
+
+        final_report = test(run.model)
+        if run.val_set is not None:
+            best = load(run.out / "best")  # from disk: right after a resume too
+            selected_dir, selected_meta, selected_report = "best", best.metadata, test(best)
+        else:
+            selected_dir, selected_meta, selected_report = "final", final_meta, final_report
+        results = {
+            "data": run.cfg.data, "split": "test", "selected_on": "val" if run.val_set is not None else None,
+            "selected": {"dir": selected_dir, **_brief(selected_meta), **selected_report.to_dict()},
+            "final": {"dir": "final", **_brief(final_meta), **final_report.to_dict()},
+        }
+        save_confusion_png(selected_report, run.out / "confusion.png")
+        atomic_write_text(run.out / "eval.json", json.dumps(results, indent=2) + "\n")
+        _log(run, {"epoch": run.epoch, "step": run.global_step, "test_selected_top1": selected_report.top1,
+                   "test_selected_top5": selected_report.top5, "test_final_top1": final_report.top1,
+                   "test_final_top5": final_report.top5, "selected": selected_dir,
+                   "selected_epoch": selected_meta.get("epoch")})
+        summary.update(report=selected_report, final_report=final_report, selected=selected_dir,
+                       selected_epoch=selected_meta.get("epoch"))
     return summary
 
 
-def _evaluate_saved_best(run: Run):
-    """A run resumed after its last evaluation has no report in memory: evaluate best/ from disk."""
-    best = load(run.out / "best").to(run.device)
-    info = run.test_set.info
-    return evaluate_classifier(best, eval_batches(run.test_set, run.eval_tf), info.num_classes, info.class_names)
+def _brief(meta: dict) -> dict:
+    return {k: meta.get(k) for k in ("weights", "epoch", "step", "val_top1")}
 
 
 def _log(run: Run, row: dict) -> None:
@@ -324,7 +371,14 @@ def _load_teacher(cfg: TrainConfig, info, device: torch.device):
 def _pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"device {name!r} is not a device torch knows (expected auto, cpu, cuda or cuda:N)") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ValueError(f"device {name!r} requested but {build} (torch {torch.__version__}); use --device cpu")
+    return device
 
 
 def _check_writable(out: Path) -> None:
