@@ -53,7 +53,7 @@ def load_training_state(path: str | os.PathLike) -> dict:
         try:
             state = _read(candidate)
         except ValueError as err:
-            warnings.warn(f"skipping {candidate}: {err}", stacklevel=2)
+            warnings.warn(f"skipping it: {err}", stacklevel=2)
             continue
         if newer is not None:
             warnings.warn(f"resuming from {candidate.name}, the newest readable checkpoint", stacklevel=2)

@@ -303,11 +303,11 @@ def _finish(run: Run, elapsed: float) -> dict:
         if run.ema is not None:
             save(run.ema.module, run.out / "final_ema",
                  metadata=_model_metadata(run, "ema", (run.last_val or {}).get("ema_top1")))
-        info, amp = run.test_set.info, run.cfg.amp
+        info = run.test_set.info
 
-        def test(model):
+        def test(model):  # in float32 whatever `amp` trained with: the number `vitkit eval` reproduces
             batches = eval_batches(run.test_set, run.eval_tf, workers=run.cfg.workers)
-            return evaluate_classifier(model.to(run.device), batches, info.num_classes, info.class_names, amp)
+            return evaluate_classifier(model.to(run.device), batches, info.num_classes, info.class_names)
 
         final_report = test(run.model)
         if run.val_set is not None:
