@@ -34,12 +34,7 @@ class CheckpointMismatchError(ValueError):
 def load_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], strict: bool = True,
                     source: str = "checkpoint") -> dict[str, list[str]]:
     """Load after adapting sizes; report missing, unexpected and shape-mismatched keys together."""
-    if hasattr(model, "adapt_state_dict"):
-        state_dict = model.adapt_state_dict(state_dict)
-    own = model.state_dict()
-    missing, unexpected, mismatched = _compare(own, state_dict)
-    if strict and (missing or unexpected or mismatched):
-        raise CheckpointMismatchError(source, missing, unexpected, mismatched)
+    state_dict, own, (missing, unexpected, mismatched) = _match(model, state_dict, strict, source)
     fitting = {k: v for k, v in state_dict.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(fitting, strict=False)
     if missing or unexpected or mismatched:
@@ -49,6 +44,18 @@ def load_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], stric
             stacklevel=2,
         )
     return {"missing": missing, "unexpected": unexpected, "mismatched": mismatched}
+
+
+def _match(model: nn.Module, state_dict: dict[str, torch.Tensor], strict: bool, source: str):
+    """(adapted state dict, the model's own state dict, (missing, unexpected, mismatched)); with `strict`,
+    any problem raises one CheckpointMismatchError listing them all."""
+    if hasattr(model, "adapt_state_dict"):
+        state_dict = model.adapt_state_dict(state_dict)
+    own = model.state_dict()
+    problems = _compare(own, state_dict)
+    if strict and any(problems):
+        raise CheckpointMismatchError(source, *problems)
+    return state_dict, own, problems
 
 
 def _compare(own: dict[str, torch.Tensor], state_dict: dict[str, torch.Tensor]) -> tuple[list, list, list]:
@@ -173,12 +180,7 @@ def check_fits(config, shapes: dict[str, tuple[int, ...]], strict: bool, source:
     with torch.device("meta"):
         model = build_model(config)
         state_dict = {k: torch.empty(shape) for k, shape in shapes.items()}
-        if hasattr(model, "adapt_state_dict"):
-            state_dict = model.adapt_state_dict(state_dict)
-    own = model.state_dict()
-    missing, unexpected, mismatched = _compare(own, state_dict)
-    if strict and (missing or unexpected or mismatched):
-        raise CheckpointMismatchError(source, missing, unexpected, mismatched)
+        state_dict, own, _ = _match(model, state_dict, strict, source)
     supplied = {k for k, v in state_dict.items() if k in own and v.shape == own[k].shape}
     unsupplied = sum(v.numel() for k, v in own.items() if k not in supplied)
     in_file = sum(math.prod(shape) for shape in shapes.values())
