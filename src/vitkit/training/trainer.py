@@ -70,7 +70,6 @@ class Run:
     step_in_epoch: int = 0
     global_step: int = 0
     best_val_top1: float = -1.0
-    best_meta: dict | None = None  # metadata of what best/ holds (rank 0)
     last_val: dict | None = None  # the last validation results, {"model_top1": ...} (rank 0)
     tensorboard: object = None  # SummaryWriter, when tensorboard is installed (rank 0)
 
@@ -241,8 +240,7 @@ def _validate_and_keep_best(run: Run, row: dict) -> None:
         best_name = max(reports, key=lambda n: reports[n].top1)
         if reports[best_name].top1 >= run.best_val_top1:  # a tie goes to the later, further-trained model
             run.best_val_top1 = reports[best_name].top1
-            run.best_meta = _model_metadata(run, best_name, reports[best_name].top1)
-            save(candidates[best_name], run.out / "best", metadata=run.best_meta)
+            save(candidates[best_name], run.out / "best", metadata=_model_metadata(run, best_name, run.best_val_top1))
     barrier(run.dist)
 
 
@@ -262,7 +260,7 @@ def _save_checkpoint(run: Run) -> None:
         "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "ema": run.ema.state_dict() if run.ema else None,
         "epoch": run.epoch, "step_in_epoch": run.step_in_epoch, "global_step": run.global_step,
-        "best_val_top1": run.best_val_top1, "best_meta": run.best_meta, "last_val": run.last_val,
+        "best_val_top1": run.best_val_top1, "last_val": run.last_val,
         "config": run.cfg.to_dict(), "torch_rng": torch.get_rng_state(),
     }
     run.checkpoints.save(state, run.global_step)
@@ -283,7 +281,7 @@ def _restore(run: Run, state: dict) -> None:
     run.global_step = state["global_step"]
     # a checkpoint written before validation splits existed selected on test: its best is not kept
     run.best_val_top1 = state.get("best_val_top1", -1.0)
-    run.best_meta, run.last_val = state.get("best_meta"), state.get("last_val")
+    run.last_val = state.get("last_val")
     torch.set_rng_state(state["torch_rng"])
 
 
