@@ -123,3 +123,11 @@ def test_save_and_load_round_trip(tmp_path):
     assert torch.equal(again.eval()(x), model(x))
     with pytest.raises(FileNotFoundError, match="has no config.json"):
         vitkit.load(tmp_path)
+
+
+def test_a_hugging_face_model_type_no_family_handles_names_the_handled_ones(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
+    save_file({"embeddings.word_embeddings.weight": torch.zeros(4, 8)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"config.json: Hugging Face model_type 'bert' is not one vitkit converts; "
+                                         r"handled: .*deit.*vit"):
+        vitkit.load(tmp_path)

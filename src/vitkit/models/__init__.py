@@ -6,15 +6,19 @@ from .registry import (
     config_from_dict,
     config_to_dict,
     create_model,
+    hf_converter,
+    hf_model_types,
     list_models,
     make_config,
     model_config,
     register_architecture,
+    register_hf_converter,
     register_model,
 )
 from .vit import VisionTransformer, ViTConfig
 
 __all__ = [
     "build_model", "config_from_dict", "config_to_dict", "create_model", "list_models", "make_config", "model_config",
-    "register_architecture", "register_model", "VisionTransformer", "ViTConfig",
+    "hf_converter", "hf_model_types", "register_architecture", "register_hf_converter", "register_model",
+    "VisionTransformer", "ViTConfig",
 ]

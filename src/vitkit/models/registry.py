@@ -15,6 +15,26 @@ def register_architecture(name: str, config_cls: type, model_cls: type[nn.Module
     _ARCHITECTURES[name] = (config_cls, model_cls)
 
 
+# Hugging Face model_type -> function(hf_config: dict, hf_state_dict) -> (vitkit config, vitkit-keyed state dict).
+# Each family registers its own converter next to its model (models/<family>/convert.py); ViT and DeiT are
+# converted by weights/hf.py.
+_HF_CONVERTERS: dict[str, Any] = {}
+
+
+def register_hf_converter(model_types: tuple[str, ...], convert) -> None:
+    for model_type in model_types:
+        _HF_CONVERTERS[model_type] = convert
+
+
+def hf_converter(model_type: str):
+    """The registered converter for a Hugging Face `model_type`, or None."""
+    return _HF_CONVERTERS.get(model_type)
+
+
+def hf_model_types() -> list[str]:
+    return sorted(_HF_CONVERTERS)
+
+
 def register_model(name: str, architecture: str, **config_kwargs) -> None:
     if name in _MODELS:
         raise ValueError(f"model {name!r} is registered twice")

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..layers import POOL_TYPES, Block, ConvStem, PatchEmbed, pool_tokens, resample_abs_pos_embed
+from ._protocol import FeatureInfo, InputSpec
 
 ACT_LAYERS = {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU, "silu": nn.SiLU}
 
@@ -83,6 +85,7 @@ class VisionTransformer(nn.Module):
         self.num_prefix_tokens = int(c.class_token) + int(c.distilled) + c.reg_tokens
         self.no_embed_class = c.no_embed_class
         self.distilled_training = False  # distilled models return (cls, dist) logits while this is set
+        self.grad_checkpointing = False
         self.token_state = None  # set by token merging / pruning (vitkit.efficiency); reset in embed()
 
         self.patch_embed = (
@@ -112,7 +115,17 @@ class VisionTransformer(nn.Module):
         self.head_drop = nn.Dropout(c.drop_rate)
         self.head = self._linear_head(c.num_classes)
         self.head_dist = self._linear_head(c.num_classes) if c.distilled else None
+        reduction = c.patch_size if not c.conv_stem else 2 ** c.conv_stem_strides.count(2)
+        self.feature_info = [FeatureInfo(c.embed_dim, reduction, f"blocks.{i}") for i in range(c.depth)]
         self.init_weights()
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """Fixed size: the absolute position embedding covers one grid (`vitkit.load(dir, img_size=...)`
+        or `create_model(..., img_size=...)` resamples it for another)."""
+        c = self.config
+        return InputSpec(in_chans=c.in_chans, img_size=(c.img_size, c.img_size), fixed_size=True,
+                         size_multiple=self.feature_info[0].reduction, crop_pct=0.9)
 
     def _norm(self) -> nn.LayerNorm:
         return nn.LayerNorm(self.embed_dim, eps=self.config.norm_eps)
@@ -157,7 +170,7 @@ class VisionTransformer(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.embed(x)
         for block in self.blocks:
-            x = block(x)
+            x = checkpoint(block, x, use_reentrant=False) if self.grad_checkpointing and self.training else block(x)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
@@ -254,6 +267,15 @@ class VisionTransformer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token", "dist_token", "reg_token"}
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's groups: the embedding, each block, the final norm with the last block; the head after."""
+        return {"stem": r"^cls_token|^pos_embed|^patch_embed|^reg_token|^dist_token|^norm_pre",
+                "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))]}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them (training only)."""
+        self.grad_checkpointing = enable
 
     # ----- checkpoint adaptation -------------------------------------------------------------
     def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -6,26 +6,22 @@ import math
 import torch
 from torch import nn
 
-
-def layer_id(name: str, num_layers: int) -> int:
-    """0 for the embedding, i + 1 for block i, num_layers + 1 for the final norm and head."""
-    if name.startswith(("patch_embed", "cls_token", "dist_token", "reg_token", "pos_embed")):
-        return 0
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
-    return num_layers + 1
+from ..models._groups import layer_ids
 
 
 def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+    """AdamW groups. With `layer_decay`, the learning rate of layer id i (from the model's
+    `group_matcher`: stem 0, then blocks or stages, head last) is scaled by layer_decay ** (last - i)."""
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    num_layers = len(getattr(model, "blocks", []))
+    ids = layer_ids(model) if layer_decay is not None else {}
+    last = max(ids.values(), default=0)
     groups: dict[tuple[int, bool], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         no_decay = param.ndim <= 1 or name in skip or name.endswith(".bias")
-        layer = layer_id(name, num_layers) if layer_decay is not None else 0
-        scale = layer_decay ** (num_layers + 1 - layer) if layer_decay is not None else 1.0
+        layer = ids.get(name, 0)
+        scale = layer_decay ** (last - layer) if layer_decay is not None else 1.0
         group = groups.setdefault(
             (layer, no_decay), {"params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scale}
         )

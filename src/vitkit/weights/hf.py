@@ -163,11 +163,26 @@ def to_transformers(model) -> torch.nn.Module:
     return peer.eval()
 
 
-def read_hf_directory(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+def read_hf_directory(path: Path) -> tuple[dict, object, dict[str, torch.Tensor]]:
+    """(HF config.json, vitkit config, vitkit-keyed state dict) of a `save_pretrained` directory.
+
+    ViT and DeiT are converted here; other model types by the converter their family registered
+    (`vitkit.models.register_hf_converter`)."""
+    from ..models import hf_converter, hf_model_types
     from .io import read_state_dict
 
     hf_config = json.loads((path / "config.json").read_text())
+    model_type = hf_config.get("model_type")
+    family_convert = hf_converter(model_type)
+    if model_type not in ("vit", "deit") and family_convert is None:
+        handled = ", ".join(sorted({"vit", "deit", *hf_model_types()}))
+        raise ValueError(f"{path / 'config.json'}: Hugging Face model_type {model_type!r} is not one vitkit "
+                         f"converts; handled: {handled}")
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (path / name).is_file():
-            return hf_config, convert_hf_state_dict(read_state_dict(path / name))
+            raw = read_state_dict(path / name)
+            if family_convert is not None:
+                config, state_dict = family_convert(hf_config, raw)
+                return hf_config, config, state_dict
+            return hf_config, config_from_hf(hf_config), convert_hf_state_dict(raw)
     raise FileNotFoundError(f"{path} has a Hugging Face config.json but no model.safetensors or pytorch_model.bin")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..models import build_model, config_from_dict, config_to_dict
-from .hf import config_from_hf, convert_hf_state_dict, is_hf_directory, is_hf_state_dict, read_hf_directory
+from .hf import convert_hf_state_dict, is_hf_directory, is_hf_state_dict, read_hf_directory
 from .io import CorruptCheckpointError, atomic_write_text, read_state_dict, save_safetensors
 
 FORMAT_VERSION = 1
@@ -197,7 +197,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if (path / "model.safetensors").is_file() and _is_vitkit_directory(path):
             return read_state_dict(path / "model.safetensors")
         if is_hf_directory(path):
-            return read_hf_directory(path)[1]
+            return read_hf_directory(path)[2]
         raise ValueError(f"{path} is neither a vitkit model directory (config.json + model.safetensors) "
                          "nor a Hugging Face save_pretrained directory")
     state_dict = read_state_dict(path)
@@ -255,8 +255,8 @@ def load(directory: str | os.PathLike, strict: bool = True, optimized: bool = Tr
         shapes = _safetensors_shapes(weights)
         name, metadata = raw.get("model_name"), raw.get("metadata") or {}
     elif "model_type" in raw:
-        hf_config, state_dict = read_hf_directory(directory)
-        saved = config_to_dict(config_from_hf(hf_config))
+        hf_config, hf_vitkit_config, state_dict = read_hf_directory(directory)
+        saved = config_to_dict(hf_vitkit_config)
         weights = directory
         shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
         name, metadata = None, {"id2label": hf_config.get("id2label")}

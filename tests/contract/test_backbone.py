@@ -1,0 +1,105 @@
+"""vitkit's backbone contract (src/vitkit/models/_protocol.py), checked on every registered model.
+
+Each family gives tiny overrides so that every name builds in milliseconds; a new family fails here
+until it says how to make a tiny one of itself, and until it honours the contract."""
+
+import math
+
+import pytest
+import torch
+
+import vitkit
+from vitkit.models import list_models
+from vitkit.models._groups import layer_ids
+from vitkit.models._protocol import Backbone, InputSpec
+from vitkit.models.registry import model_architecture
+
+TINY = {  # architecture -> overrides that keep the family's structure and make it small
+    "vit": dict(embed_dim=32, depth=2, num_heads=2),
+    "convnext": dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32)),
+    "swin": dict(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)),
+}
+MODELS = list_models()
+
+
+def tiny(name: str, **extra):
+    architecture = model_architecture(name)
+    if architecture not in TINY:
+        pytest.fail(f"family {architecture!r} ({name}) has no tiny overrides in tests/contract/test_backbone.py")
+    return vitkit.create_model(name, **TINY[architecture], **extra).eval()
+
+
+def batch(model, n: int = 2) -> torch.Tensor:
+    spec = model.input_spec
+    return torch.randn(n, spec.in_chans, *spec.img_size)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_features_head_and_spec(name):
+    model = tiny(name, num_classes=5)
+    assert isinstance(model, Backbone), f"{name} misses part of the backbone contract"
+    spec = model.input_spec
+    assert isinstance(spec, InputSpec) and spec.in_chans in (1, 3) and len(spec.mean) == len(spec.std)
+    x = batch(model)
+    with torch.no_grad():
+        logits = model(x)
+        features = model.forward_features(x)
+        assert torch.equal(model.forward_head(features), logits)
+        pooled = model.forward_head(features, pre_logits=True)
+    assert logits.shape == (2, 5) and torch.isfinite(logits).all()
+    assert pooled.shape == (2, model.num_features)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_intermediates_match_feature_info(name):
+    model = tiny(name)
+    x = batch(model)
+    with torch.no_grad():
+        maps = model.forward_intermediates(x, intermediates_only=True)
+    assert len(maps) == len(model.feature_info)
+    height, width = model.input_spec.img_size
+    for info, fmap in zip(model.feature_info, maps, strict=True):
+        assert fmap.shape == (2, info.num_chs, math.ceil(height / info.reduction), math.ceil(width / info.reduction))
+        assert info.module in dict(model.named_modules()), info.module
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_save_load_round_trip_and_head_reset(name, tmp_path):
+    model = tiny(name)
+    x = batch(model)
+    vitkit.save(model, tmp_path / "m")
+    again = vitkit.load(tmp_path / "m").eval()
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
+    model.reset_classifier(3)
+    with torch.no_grad():
+        assert model(x).shape == (2, 3)
+    model.reset_classifier(0)
+    with torch.no_grad():
+        assert model(x).shape == (2, model.num_features)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_group_matcher_orders_stem_blocks_head(name):
+    model = tiny(name)
+    ids = layer_ids(model)
+    assert set(ids) == {n for n, _ in model.named_parameters()}
+    head = [n for n in ids if n.startswith("head")]
+    assert head and all(ids[n] == max(ids.values()) for n in head), "the head is the last group"
+    assert min(ids.values()) == 0 and len(set(ids.values())) >= 3  # stem, blocks or stages, head
+    assert isinstance(model.no_weight_decay(), set)
+
+
+@pytest.mark.parametrize("name", MODELS[:: max(1, len(MODELS) // 8)])  # a sample: each costs a backward pass
+def test_gradient_checkpointing_gives_the_same_gradients(name):
+    torch.manual_seed(0)
+    model = tiny(name).train()
+    x = batch(model)
+    model(x).sum().backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    for n, p in model.named_parameters():
+        if n in plain:
+            torch.testing.assert_close(p.grad, plain[n], atol=1e-5, rtol=1e-4)
