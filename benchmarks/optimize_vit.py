@@ -100,7 +100,7 @@ def main() -> int:
             splits = {"val": build_dataset(args.data, "val", val_split=val_split),
                       "test": build_dataset(args.data, "test")}
             info = splits["test"].info
-            transform = saved_model_eval_transform(c, meta, info.mean, info.std)
+            transform = saved_model_eval_transform(model.input_spec, meta, info.mean, info.std)
 
             for spec, module in variants.items():
                 for split, dataset in splits.items():

@@ -20,7 +20,6 @@ from vitkit.bench import make_plan
 from vitkit.bench.report import _csv_value
 from vitkit.bench.runner import Display, run_worker
 from vitkit.data.transforms import saved_model_eval_transform
-from vitkit.models import model_config
 from vitkit.weights import loading
 from vitkit.weights.io import read_state_dict
 
@@ -189,7 +188,7 @@ def test_unusable_saved_metadata_is_refused(saved, metadata, message):
 
 
 def test_the_eval_transform_refuses_unusable_metadata():
-    config = model_config("vit_pico_patch4_32")
+    config = vitkit.create_model("vit_pico_patch4_32").input_spec
     with pytest.raises(ValueError, match=r"saved model metadata \(config\.json\): metadata std=\[0, 1, 1\] is "
                                          r"invalid; expected every value > 0"):
         saved_model_eval_transform(config, {"std": [0, 1, 1]})

@@ -26,23 +26,32 @@ def cmd_list(args) -> int:
 
 
 def cmd_info(args) -> int:
+    import math
+
     import vitkit
+    from vitkit.models._protocol import TokenSequence
 
     overrides = {k: v for k, v in (("img_size", args.img_size), ("num_classes", args.num_classes)) if v is not None}
     model = _model_from_arg(args.model, **overrides)
-    c = model.config
-    input_size = (c.in_chans, c.img_size, c.img_size)
-    num_patches = model.patch_embed.num_patches
+    spec = model.input_spec
+    input_size = (spec.in_chans, *spec.img_size)
+    stages = model.feature_info
+    sizes = "fixed" if spec.fixed_size else f"any multiple of {spec.size_multiple}"
     rows = [
         ("model", getattr(model, "model_name", None) or args.model),
+        ("family", model.config.__class__.__name__.removesuffix("Config")),
         ("params", f"{vitkit.count_params(model) / 1e6:.2f} M ({vitkit.count_params(model):,})"),
         ("GFLOPs", f"{vitkit.count_flops(model, input_size) / 1e9:.3f} per image"),
-        ("input size", "x".join(map(str, input_size))),
-        ("tokens", f"{num_patches + model.num_prefix_tokens} ({num_patches} patches + "
-                   f"{model.num_prefix_tokens} prefix)"),
-        ("embed_dim / depth / heads", f"{c.embed_dim} / {c.depth} / {c.num_heads}"),
-        ("classes / pool", f"{c.num_classes} / {c.global_pool or 'none'}"),
+        ("input size", "x".join(map(str, input_size)) + f" ({sizes}; crop {spec.crop_pct}, {spec.interpolation})"),
+        ("mean / std", f"{spec.mean} / {spec.std}"),
     ]
+    if isinstance(model, TokenSequence):
+        patches = math.prod(side // stages[0].reduction for side in spec.img_size)
+        rows.append(("tokens", f"{patches + model.num_prefix_tokens} ({patches} patches + "
+                               f"{model.num_prefix_tokens} prefix), {len(stages)} blocks of {stages[0].num_chs}"))
+    else:
+        rows.append(("stages", ", ".join(f"{f.num_chs}ch /{f.reduction}" for f in stages)))
+    rows.append(("features / classes", f"{model.num_features} / {model.num_classes}"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
@@ -140,7 +149,7 @@ def _load_for_inference(path: str, optimized: bool = True):
 def _eval_transform(model, meta, fallback_mean=None, fallback_std=None):
     from vitkit.data.transforms import saved_model_eval_transform
 
-    return saved_model_eval_transform(model.config, meta, fallback_mean, fallback_std)
+    return saved_model_eval_transform(model.input_spec, meta, fallback_mean, fallback_std)
 
 
 def cmd_eval(args) -> int:
@@ -165,9 +174,10 @@ def cmd_eval(args) -> int:
     val_split = meta.get("val_split") if meta.get("dataset") == args.data else None
     dataset = build_dataset(args.data, args.split, val_split=val_split)
     info = dataset.info
-    if (info.in_chans, info.num_classes) != (model.config.in_chans, model.config.num_classes):
+    in_chans = model.input_spec.in_chans
+    if (info.in_chans, info.num_classes) != (in_chans, model.num_classes):
         raise ValueError(f"{args.data} has {info.in_chans} channel(s) and {info.num_classes} classes; the model "
-                         f"takes {model.config.in_chans} and predicts {model.config.num_classes}")
+                         f"takes {in_chans} and predicts {model.num_classes}")
     transform = _eval_transform(model, meta, info.mean, info.std)
     report = evaluate_classifier(model, eval_batches(dataset, transform, args.batch_size), info.num_classes,
                                  info.class_names)
@@ -200,12 +210,12 @@ def _save_merge_maps(model, dataset, transform, count: int, folder: Path) -> Pat
 def cmd_optimize(args) -> int:
     import vitkit
     from vitkit.efficiency import parse_spec, spec_to_string
+    from vitkit.efficiency.optimize import example_input
 
     items = parse_spec(args.spec)  # a bad spec fails before the model loads
     model, meta = _load_for_inference(args.checkpoint, optimized=False)
     optimized = vitkit.optimize(model, items)
-    c = model.config
-    x = torch.randn(8, c.in_chans, c.img_size, c.img_size)
+    x = example_input(model, 8)
     with torch.no_grad():
         ref, out = model(x), optimized(x).float()
     agree = (ref.argmax(-1) == out.argmax(-1)).float().mean().item()
@@ -228,6 +238,7 @@ def cmd_export(args) -> int:
         export_onnx,
         quantize_onnx_int8,
     )
+    from vitkit.efficiency.optimize import example_input
 
     if not args.onnx:
         raise ValueError("nothing to export: give --onnx OUT.onnx")
@@ -248,7 +259,6 @@ def cmd_export(args) -> int:
     else:
         export_onnx(reference, out)
     session = OnnxModel(out, model.config)
-    c = model.config
     kind = "fp32"
     if args.int8:
         kind = ("int8, static convolutions and linear layers" if args.static_linear else
@@ -256,7 +266,7 @@ def cmd_export(args) -> int:
     print(f"written: {out} ({out.stat().st_size / 1e6:.2f} MB, {kind}, "
           f"spec {spec_to_string(items)}, dynamic batch)")
     for batch in (1, 7):
-        x = torch.randn(batch, c.in_chans, c.img_size, c.img_size)
+        x = example_input(model, batch)
         with torch.no_grad():
             diff = (session(x) - reference(x)).abs().max().item()
         print(f"batch {batch}: max |onnxruntime - pytorch fp32| = {diff:.3g}")
@@ -284,9 +294,9 @@ def cmd_predict(args) -> int:
     from vitkit.data.images import UnreadableImageError, decode_image
 
     model, meta = _load_for_inference(args.checkpoint)
-    names = meta.get("class_names") or [str(i) for i in range(model.config.num_classes)]
+    names = meta.get("class_names") or [str(i) for i in range(model.num_classes)]
     transform = _eval_transform(model, meta)
-    mode = "L" if model.config.in_chans == 1 else "RGB"
+    mode = "L" if model.input_spec.in_chans == 1 else "RGB"
     for path in args.images:
         try:  # decoded as the folder datasets do: bombs refused, 16-bit scaled, errors naming the file
             array = np.asarray(decode_image(path, mode))

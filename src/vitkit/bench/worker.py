@@ -214,7 +214,7 @@ def evaluate(job: dict, base, modules: dict, results: dict) -> None:
     info = dataset.info
     if job.get("eval_limit") and job["eval_limit"] < len(dataset):
         dataset = torch.utils.data.Subset(dataset, range(job["eval_limit"]))  # the first N: the same for all
-    transform = saved_model_eval_transform(base.config, getattr(base, "metadata", None) or {}, info.mean, info.std)
+    transform = saved_model_eval_transform(base.input_spec, getattr(base, "metadata", None) or {}, info.mean, info.std)
     for key, module in modules.items():
         try:
             with torch.inference_mode():

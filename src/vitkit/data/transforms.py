@@ -123,17 +123,19 @@ def eval_transform(
     return normalize(center_crop(resized, size), mean, std)
 
 
-def saved_model_eval_transform(config, meta: dict, fallback_mean=None, fallback_std=None):
-    """The eval transform a saved model was trained with: its config's size, and the mean, std and
-    crop_pct its training run recorded in the metadata (else the fallbacks, else 0.5). Values that
-    cannot work (std <= 0, crop_pct outside (0, 1], one mean per channel missing) are a ValueError."""
+def saved_model_eval_transform(spec, meta: dict, fallback_mean=None, fallback_std=None):
+    """The eval transform a saved model was trained with: its input size (`spec`, the model's
+    InputSpec), and the mean, std and crop_pct its training run recorded in the metadata (else the
+    fallbacks, else 0.5). Values that cannot work (std <= 0, crop_pct outside (0, 1], one mean per
+    channel missing) are a ValueError."""
     from ..weights.loading import check_metadata
 
-    check_metadata(meta, "saved model metadata (config.json)", in_chans=config.in_chans)
-    mean = meta.get("mean") or fallback_mean or (0.5,) * config.in_chans
-    std = meta.get("std") or fallback_std or (0.5,) * config.in_chans
+    check_metadata(meta, "saved model metadata (config.json)", in_chans=spec.in_chans)
+    mean = meta.get("mean") or fallback_mean or (0.5,) * spec.in_chans
+    std = meta.get("std") or fallback_std or (0.5,) * spec.in_chans
     crop_pct = 1.0 if meta.get("crop_pct") is None else meta["crop_pct"]
-    return lambda images: eval_transform(images, config.img_size, crop_pct, mean, std)
+    size = spec.img_size[0]  # square inputs: every family's named configs are square
+    return lambda images: eval_transform(images, size, crop_pct, mean, std)
 
 
 class EvalTransform:

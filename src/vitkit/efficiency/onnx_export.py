@@ -13,6 +13,7 @@ from torch import nn
 
 from ..weights.io import atomic_write
 from .finite_rows import run_finite_rows, unwrap
+from .optimize import example_input
 
 
 def _require_onnx():
@@ -35,9 +36,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = 20) -> P
     _require_onnx()
     model = unwrap(model)  # the network, without optimize's eager-only check for non-finite rows
     check_exportable(model)
-    c = model.config
     model = model.eval()
-    example = torch.randn(2, c.in_chans, c.img_size, c.img_size)
+    example = example_input(model)
 
     def write(tmp: str) -> None:
         with warnings.catch_warnings():
@@ -135,7 +135,7 @@ def calibration_batches(model: nn.Module, data: str, count: int, batch_size: int
     if count <= 0:
         raise ValueError(f"calibration needs at least one image; got count={count}")
     dataset = build_dataset(data, "train")
-    transform = saved_model_eval_transform(model.config, getattr(model, "metadata", None) or {},
+    transform = saved_model_eval_transform(model.input_spec, getattr(model, "metadata", None) or {},
                                            dataset.info.mean, dataset.info.std)
     batches, seen = [], 0
     for images, _ in eval_batches(dataset, transform, batch_size):

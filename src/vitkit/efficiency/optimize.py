@@ -5,6 +5,7 @@ import copy
 import torch
 from torch import nn
 
+from ..models._protocol import input_spec_of
 from .compile import compile_model
 from .finite_rows import FiniteRows
 from .precision import quantize_int8, to_bf16
@@ -66,7 +67,7 @@ def check_model_takes(model: nn.Module, items: list[SpecItem]) -> None:
         raise ValueError(f"{type(model).__name__} has no transformer blocks to optimize")
 
 
-def example_input(model: nn.Module) -> torch.Tensor:
-    config = model.config
-    param = next(model.parameters())
-    return torch.randn(2, config.in_chans, config.img_size, config.img_size, device=param.device)
+def example_input(model: nn.Module, batch: int = 2) -> torch.Tensor:
+    """Random images of the size and channels the model's input spec declares, on its device."""
+    spec = input_spec_of(model)
+    return torch.randn(batch, spec.in_chans, *spec.img_size, device=next(model.parameters()).device)

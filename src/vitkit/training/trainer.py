@@ -118,7 +118,7 @@ def _build_run(cfg: TrainConfig, dist: DistInfo, device: torch.device, out: Path
         load_checkpoint(model, cfg.init_checkpoint, strict=False)
     model.to(device)
     aug = AugmentConfig(
-        img_size=model.config.img_size, scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip,
+        img_size=model.input_spec.img_size[0], scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip,
         auto_augment=cfg.auto_augment, re_prob=cfg.re_prob, mixup=cfg.mixup, cutmix=cfg.cutmix,
         mix_prob=cfg.mix_prob, label_smoothing=cfg.label_smoothing, mean=info.mean, std=info.std,
         crop_pct=cfg.crop_pct,
@@ -360,9 +360,10 @@ def _load_teacher(cfg: TrainConfig, info, device: torch.device):
     if cfg.distill == "none":
         return None
     teacher = load(cfg.teacher).to(device).eval().requires_grad_(False)
-    if teacher.config.in_chans != info.in_chans or teacher.config.num_classes != info.num_classes:
-        raise ValueError(f"teacher {cfg.teacher} takes {teacher.config.in_chans} channels and predicts "
-                         f"{teacher.config.num_classes} classes; the data has {info.in_chans} and {info.num_classes}")
+    in_chans = teacher.input_spec.in_chans
+    if in_chans != info.in_chans or teacher.num_classes != info.num_classes:
+        raise ValueError(f"teacher {cfg.teacher} takes {in_chans} channels and predicts "
+                         f"{teacher.num_classes} classes; the data has {info.in_chans} and {info.num_classes}")
     return teacher
 
 
