@@ -1,0 +1,305 @@
+"""Swin Transformer V1 with timm's (>= 0.9) module and parameter names, so timm weights load unchanged.
+
+Activations stay NHWC (B, H, W, C) between stages, as in timm. Stage i > 0 starts with a PatchMerging
+(`layers.i.downsample`); each block attends inside non-overlapping windows, every second block with the
+windows shifted by half a window (a cyclic roll plus an attention mask keeps the wrapped-around
+regions apart).
+"""
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ...layers import DropPath, Mlp
+from .._protocol import FeatureInfo, InputSpec
+from ..vit import ACT_LAYERS, adapt_input_channels, take_indices
+
+if TYPE_CHECKING:  # configs.py imports this module to register the architecture
+    from .configs import SwinConfig
+
+
+def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B * num_windows, window * window, C)."""
+    B, H, W, C = x.shape
+    x = x.view(B, H // window, window, W // window, window, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, C)
+
+
+def window_reverse(windows: torch.Tensor, window: int, H: int, W: int) -> torch.Tensor:
+    """(B * num_windows, window * window, C) -> (B, H, W, C); the inverse of `window_partition`."""
+    C = windows.shape[-1]
+    x = windows.view(-1, H // window, W // window, window, window, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, C)
+
+
+def relative_position_index(window: int) -> torch.Tensor:
+    """For each (query, key) pair in a window, its row in the (2w-1)^2 relative position bias table."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
+    return rel[:, :, 0] * (2 * window - 1) + rel[:, :, 1]
+
+
+def shifted_window_mask(H: int, W: int, window: int, shift: int) -> torch.Tensor:
+    """(num_windows, N, N) additive mask: -100 between tokens that the cyclic shift brought from different
+    image regions into one window (timm's and the paper's value)."""
+    img = torch.zeros(1, H, W, 1)
+    regions = ((0, -window), (-window, -shift), (-shift, None))
+    for n, (h, w) in enumerate((h, w) for h in regions for w in regions):
+        img[:, h[0]:h[1], w[0]:w[1], :] = n
+    ids = window_partition(img, window).squeeze(-1)
+    diff = ids[:, None, :] - ids[:, :, None]
+    return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside one window, plus a learned bias per relative offset and head."""
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int | None, window: int, qkv_bias: bool,
+                 attn_drop: float, proj_drop: float):
+        super().__init__()
+        self.num_heads, self.window = num_heads, window
+        attn_dim = (head_dim or dim // num_heads) * num_heads
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
+        # derived from the window size, so (like timm >= 0.9) not saved with the weights
+        self.register_buffer("relative_position_index", relative_position_index(window), persistent=False)
+        self.qkv = nn.Linear(dim, attn_dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(attn_dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        B_, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        bias = bias.view(N, N, -1).permute(2, 0, 1).unsqueeze(0)  # (1, heads, N, N)
+        if mask is not None:  # (num_windows, N, N), repeated over the batch
+            nw = mask.shape[0]
+            bias = (bias.unsqueeze(0) + mask.view(1, nw, 1, N, N)).expand(B_ // nw, -1, -1, -1, -1)
+            bias = bias.reshape(B_, self.num_heads, N, N)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype),
+                                           dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B_, N, -1)))
+
+
+class SwinTransformerBlock(nn.Module):
+    def __init__(self, c: "SwinConfig", dim: int, num_heads: int, resolution: int, window: int, shift: int,
+                 drop_path: float):
+        super().__init__()
+        self.resolution, self.window, self.shift = resolution, window, shift
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, num_heads, c.head_dim, window, c.qkv_bias, c.attn_drop_rate,
+                                    c.proj_drop_rate)
+        self.drop_path1 = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * c.mlp_ratio), ACT_LAYERS[c.act_layer], c.proj_drop_rate)
+        self.drop_path2 = DropPath(drop_path)
+        mask = shifted_window_mask(resolution, resolution, window, shift) if shift else None
+        self.register_buffer("attn_mask", mask, persistent=False)
+
+    def _attn(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        if self.shift:
+            x = torch.roll(x, shifts=(-self.shift, -self.shift), dims=(1, 2))
+        x = self.attn(window_partition(x, self.window), mask=self.attn_mask)
+        x = window_reverse(x, self.window, H, W)
+        return torch.roll(x, shifts=(self.shift, self.shift), dims=(1, 2)) if self.shift else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path1(self._attn(self.norm1(x)))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+
+class PatchMerging(nn.Module):
+    """2x2 neighbouring tokens -> one token with twice the channels (concatenate, norm, linear)."""
+
+    def __init__(self, dim: int, out_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, out_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        # timm's channel order: (0,0), (1,0), (0,1), (1,1) offsets, as the original concatenation
+        x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)
+        return self.reduction(self.norm(x))
+
+
+class SwinTransformerStage(nn.Module):
+    def __init__(self, c: "SwinConfig", i: int, resolution: int, window: int, drop_paths: list[float]):
+        super().__init__()
+        dim, in_dim = c.embed_dims[i], c.embed_dims[max(i - 1, 0)]
+        self.downsample = PatchMerging(in_dim, dim) if i > 0 else nn.Identity()
+        shift = window // 2 if resolution > window else 0  # one window covers the stage: nothing to shift
+        self.blocks = nn.Sequential(*[
+            SwinTransformerBlock(c, dim, c.num_heads[i], resolution, window, shift if j % 2 else 0, dp)
+            for j, dp in enumerate(drop_paths)
+        ])
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        for block in self.blocks:
+            x = checkpoint(block, x, use_reentrant=False) if self.grad_checkpointing and self.training else block(x)
+        return x
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch projection, then LayerNorm, giving NHWC maps."""
+
+    def __init__(self, c: "SwinConfig"):
+        super().__init__()
+        self.img_size, self.patch_size = c.img_size, c.patch_size
+        self.proj = nn.Conv2d(c.in_chans, c.embed_dims[0], c.patch_size, stride=c.patch_size)
+        self.norm = nn.LayerNorm(c.embed_dims[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or tuple(x.shape[-2:]) != (self.img_size, self.img_size):
+            raise ValueError(f"input of shape {tuple(x.shape)} does not fit this Swin model: expected (B, C, "
+                             f"{self.img_size}, {self.img_size}); its windows and attention masks are built for "
+                             f"img_size={self.img_size} (create the model with img_size={x.shape[-1]} instead)")
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class ClassifierHead(nn.Module):
+    """timm's ClassifierHead for NHWC input: pool over H, W, dropout, `fc`."""
+
+    def __init__(self, dim: int, num_classes: int, pool_type: str, drop: float):
+        super().__init__()
+        self.pool_type = pool_type
+        self.drop = nn.Dropout(drop)
+        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.pool_type == "avg":
+            x = x.mean(dim=(1, 2))
+        elif self.pool_type == "max":
+            x = x.amax(dim=(1, 2))
+        elif self.pool_type == "avgmax":
+            x = 0.5 * (x.mean(dim=(1, 2)) + x.amax(dim=(1, 2)))
+        x = self.drop(x)
+        return x if pre_logits else self.fc(x)
+
+
+class SwinTransformer(nn.Module):
+    """timm's `SwinTransformer`: patch embedding, NHWC stages, final norm, pooled linear head."""
+
+    architecture = "swin"
+
+    def __init__(self, config: "SwinConfig"):
+        super().__init__()
+        c = self.config = config
+        self.num_classes = c.num_classes
+        self.num_features = c.embed_dims[-1]
+        self.patch_embed = PatchEmbed(c)
+        n = sum(c.depths)
+        rates = [c.drop_path_rate * j / max(n - 1, 1) for j in range(n)]  # linear in depth, as timm
+        stages, start = [], 0
+        for i, (res, window) in enumerate(zip(c.stage_resolutions(), c.stage_windows(), strict=True)):
+            stages.append(SwinTransformerStage(c, i, res, window, rates[start:start + c.depths[i]]))
+            start += c.depths[i]
+        self.layers = nn.Sequential(*stages)
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head = ClassifierHead(self.num_features, c.num_classes, c.global_pool, c.drop_rate)
+        self.feature_info = [FeatureInfo(dim, c.patch_size * 2**i, f"layers.{i}") for i, dim in enumerate(c.embed_dims)]
+        self.init_weights()
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """Fixed size: attention masks and clamped windows are built for one grid (build the model with
+        another img_size for other inputs)."""
+        c = self.config
+        return InputSpec(in_chans=c.in_chans, img_size=(c.img_size, c.img_size), fixed_size=True,
+                         size_multiple=c.size_multiple(), crop_pct=0.9)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """timm's default: truncated normal(0.02) for linears and relative position bias tables, zero biases."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, WindowAttention):
+                nn.init.trunc_normal_(module.relative_position_bias_table, std=0.02)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.layers(self.patch_embed(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False, stop_early: bool = False):
+        """Stage outputs as timm returns them: NCHW maps (or NHWC), the final norm applied to the last stage
+        only when `norm`; `indices` as in ViT (int n = last n stages, list = those stages, None = all)."""
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take, last = take_indices(len(self.layers), indices)
+        x = self.patch_embed(x)
+        intermediates = []
+        stages = self.layers[: last + 1] if stop_early or intermediates_only else self.layers
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take:
+                y = self.norm(x) if norm and i == len(self.layers) - 1 else x
+                intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True) -> list[int]:
+        """Drop stages after the last one `indices` needs (and the norm / head) to save compute."""
+        take, last = take_indices(len(self.layers), indices)
+        self.layers = self.layers[: last + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return sorted(take)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None:
+            self.config.check_pool(global_pool)
+            self.config.global_pool = global_pool
+        self.num_classes = self.config.num_classes = num_classes
+        c = self.config
+        self.head = ClassifierHead(self.num_features, num_classes, c.global_pool, c.drop_rate)
+        if isinstance(self.head.fc, nn.Linear):
+            nn.init.trunc_normal_(self.head.fc.weight, std=0.02)
+            nn.init.zeros_(self.head.fc.bias)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def no_weight_decay(self) -> set[str]:
+        """timm's `no_weight_decay_keywords`: every relative position bias table (no absolute embedding here)."""
+        return {n for n, _ in self.named_parameters() if "relative_position_bias_table" in n}
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's groups: the patch embedding, then per stage (coarse) or per block, with each patch merging
+        grouped before its stage's blocks and the final norm last; the head after."""
+        blocks = r"^layers\.(\d+)" if coarse else [
+            (r"^layers\.(\d+).downsample", (0,)), (r"^layers\.(\d+)\.\w+\.(\d+)", None), (r"^norm", (99999,))
+        ]
+        return {"stem": r"^patch_embed", "blocks": blocks}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them (training only)."""
+        for stage in self.layers:
+            stage.grad_checkpointing = enable
+
+    def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Older timm layouts (patch merging at the end of a stage, saved buffers) and other channel counts."""
+        from .convert import from_old_timm
+
+        state_dict = from_old_timm(state_dict)
+        proj, want = state_dict.get("patch_embed.proj.weight"), self.patch_embed.proj.weight
+        if proj is not None and proj.ndim == 4 and proj.shape[1] != want.shape[1] and proj.shape[2:] == want.shape[2:]:
+            state_dict["patch_embed.proj.weight"] = adapt_input_channels(proj, want.shape[1])
+        return state_dict
