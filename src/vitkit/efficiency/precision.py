@@ -5,6 +5,8 @@ import warnings
 import torch
 from torch import nn
 
+from ..models._groups import layer_ids
+
 
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: without them, CPU bf16 matmuls are converted to float and back."""
@@ -19,7 +21,13 @@ def to_bf16(model: nn.Module) -> nn.Module:
             "bf16 runs emulated and is usually slower than float32 here",
             stacklevel=3,
         )
-    return model.to(torch.bfloat16)
+    model = model.to(torch.bfloat16)
+    model.register_forward_pre_hook(_inputs_to_bf16)  # any family: float32 images in, as before
+    return model
+
+
+def _inputs_to_bf16(module: nn.Module, args: tuple) -> tuple:
+    return tuple(a.to(torch.bfloat16) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
 
 
 def int8_engine() -> str:
@@ -32,18 +40,22 @@ def int8_engine() -> str:
 
 
 def quantize_int8(model: nn.Module, skip_blocks: list[int] = (), quantize_head: bool = False) -> nn.Module:
-    """Dynamic int8 quantization of the transformer's linear layers (weights int8 per tensor,
-    activations quantized per batch on the fly; no calibration set needed).
+    """Dynamic int8 quantization of the model's linear layers (weights int8 per tensor, activations
+    quantized per batch on the fly; no calibration set needed). Any family: layers are found by type,
+    and blocks and head by the model's `group_matcher`.
 
-    The patch embedding (a convolution) is never quantized; the head and the blocks in `skip_blocks`
-    stay float: naive full-int8 ViTs lose accuracy mostly there.
+    Convolutions (a patch embedding, a stem, ConvNeXt's depthwise convolutions) are never quantized; the
+    head and the blocks in `skip_blocks` (indices into the model's blocks, or stages' blocks, in order)
+    stay float: naive full-int8 models lose accuracy mostly there.
     """
     device = next(model.parameters()).device
     if device.type != "cpu":
         raise RuntimeError(f"int8 dynamic quantization runs on CPU only; this model is on {device}. Use bf16 on GPU")
     if any(p.dtype != torch.float32 for p in model.parameters()):
         raise RuntimeError("int8 quantization needs a float32 model")
-    depth = len(model.blocks)
+    ids = layer_ids(model)  # stem 0, blocks 1..n, head n + 1
+    head_id = max(ids.values())
+    depth = head_id - 1
     skip = {b + depth if b < 0 else b for b in skip_blocks}
     bad = sorted(b for b in skip if not 0 <= b < depth)
     if bad:
@@ -51,11 +63,13 @@ def quantize_int8(model: nn.Module, skip_blocks: list[int] = (), quantize_head: 
     targets = {
         name for name, module in model.named_modules()
         if isinstance(module, nn.Linear)
-        and not (name.startswith("head") and not quantize_head)
-        and not any(name.startswith(f"blocks.{b}.") for b in skip)
+        and not (ids[f"{name}.weight"] == head_id and not quantize_head)
+        and ids[f"{name}.weight"] - 1 not in skip
     }
     if not targets:
-        raise ValueError("int8: no linear layers left to quantize")
+        raise ValueError(f"int8: {type(model).__name__} has no linear layers left to quantize (dynamic int8 "
+                         "quantizes nn.Linear; this model's are convolutions or kept float); try bf16, onnx-int8 "
+                         "with calibration, or compile")
     torch.backends.quantized.engine = int8_engine()
     from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
 

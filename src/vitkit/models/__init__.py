@@ -1,6 +1,10 @@
 """Model families and the registry that names them."""
 
-from . import vit_configs  # noqa: F401  (registers the named configs)
+from . import (
+    convnext,  # noqa: F401  (registers ConvNeXt)
+    swin,  # noqa: F401  (registers Swin)
+    vit_configs,  # noqa: F401  (registers the named configs)
+)
 from .registry import (
     build_model,
     config_from_dict,

@@ -70,10 +70,12 @@ def _compare(own: dict[str, torch.Tensor], state_dict: dict[str, torch.Tensor]) 
 
 # A config.json is data from wherever the directory came from: the fields that decide how much memory the
 # model takes are bounded (the largest published ViTs are well inside) before anything is built.
-CONFIG_INT_RANGES = {
+CONFIG_INT_RANGES = {  # per stage for hierarchical families (depths, dims, num_heads of Swin / ConvNeXt)
     "img_size": (1, 8192), "patch_size": (1, 1024), "in_chans": (1, 1024), "num_classes": (0, 1_000_000),
     "embed_dim": (1, 16384), "depth": (1, 512), "num_heads": (1, 1024), "reg_tokens": (0, 1024),
+    "depths": (0, 512), "dims": (1, 16384), "window_size": (1, 1024),
 }
+MAX_STAGES = 8
 MAX_PATCH_TOKENS = 2**16  # a 256 x 256 patch grid
 MAX_MLP_RATIO = 64.0
 MAX_CONV_STAGES = 8
@@ -102,8 +104,10 @@ def check_config_ranges(data: dict[str, Any], source: str) -> None:
         raise ValueError(f"{source}: {key}={_shown(data[key])} is out of range; expected {expected}")
 
     for key, (low, high) in CONFIG_INT_RANGES.items():
-        if key in data and not (_is_int(data[key]) and low <= data[key] <= high):
-            fail(key, f"an integer from {low} to {high}")
+        value = data.get(key)
+        values = value if isinstance(value, list | tuple) and 0 < len(value) <= MAX_STAGES else [value]
+        if key in data and not all(_is_int(v) and low <= v <= high for v in values):
+            fail(key, f"an integer from {low} to {high} (or one per stage, at most {MAX_STAGES} stages)")
     if "mlp_ratio" in data and not (_is_number(data["mlp_ratio"]) and 0 < data["mlp_ratio"] <= MAX_MLP_RATIO):
         fail("mlp_ratio", f"a number in (0, {MAX_MLP_RATIO:g}]")
     for key, allowed in (("conv_stem", "channel counts from 1 to 16384"), ("conv_stem_strides", "strides 1 or 2")):
