@@ -52,3 +52,16 @@ def test_onnx_export_matches_pytorch_for_every_family(name, tmp_path):
         x = torch.randn(batch, 3, *model.input_spec.img_size)
         with torch.no_grad():
             assert (session(x) - model(x)).abs().max() < 1e-4
+
+
+def test_a_checkpoint_of_another_family_is_one_mismatch_report(tmp_path):
+    from safetensors.torch import save_file
+
+    from vitkit.weights import CheckpointMismatchError
+
+    convnext = vitkit.create_model("convnext_atto", num_classes=4)
+    path = tmp_path / "convnext.safetensors"
+    save_file({k: v.contiguous() for k, v in convnext.state_dict().items()}, str(path))
+    with pytest.raises(CheckpointMismatchError, match=r"(?s)convnext.safetensors does not fit the model:.*"
+                                                      r"missing \(\d+\): .*unexpected \(\d+\): .*stages\."):
+        vitkit.create_model("vit_pico_patch4_32", num_classes=4, checkpoint=str(path))
