@@ -1,16 +1,19 @@
 """Building blocks shared by vitkit's models, one small module each."""
 
+from .activations import QuickGELU
 from .attention import Attention
+from .attention_pool import AttentionPoolLatent
 from .block import Block
 from .conv_stem import ConvStem
 from .drop_path import DropPath, drop_path
 from .layer_scale import LayerScale
-from .mlp import Mlp
+from .mlp import GluMlp, Mlp, SwiGLUPacked
 from .patch_embed import PatchEmbed
 from .pooling import POOL_TYPES, pool_tokens
 from .pos_embed import resample_abs_pos_embed
 
 __all__ = [
-    "Attention", "Block", "ConvStem", "DropPath", "drop_path", "LayerScale", "Mlp", "PatchEmbed",
+    "Attention", "AttentionPoolLatent", "Block", "GluMlp", "QuickGELU", "SwiGLUPacked",
+    "ConvStem", "DropPath", "drop_path", "LayerScale", "Mlp", "PatchEmbed",
     "POOL_TYPES", "pool_tokens", "resample_abs_pos_embed",
 ]

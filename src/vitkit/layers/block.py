@@ -29,6 +29,7 @@ class Block(nn.Module):
         drop_path: float = 0.0,
         norm_eps: float = 1e-6,
         act_layer: type[nn.Module] = nn.GELU,
+        mlp_layer: type[nn.Module] = Mlp,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
@@ -36,7 +37,7 @@ class Block(nn.Module):
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer, proj_drop)
+        self.mlp = mlp_layer(dim, int(dim * mlp_ratio), act_layer, proj_drop)
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.token_reducer: Callable[[Block, torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None

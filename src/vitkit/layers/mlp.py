@@ -43,3 +43,33 @@ def _chunk_rows(x: torch.Tensor) -> bool:
         and not torch.onnx.is_in_onnx_export()
         and x.numel() // x.shape[-1] > CPU_INFERENCE_ROWS
     )
+
+
+class GluMlp(nn.Module):
+    """Gated MLP with one packed input projection (timm's `GluMlp`; `SwiGLUPacked` is this with SiLU and
+    `gate_last=False`, as in DINOv2 giant). `hidden_dim` counts both halves: fc1 is dim -> hidden_dim,
+    fc2 is hidden_dim // 2 -> dim."""
+
+    def __init__(self, dim: int, hidden_dim: int, act_layer: type[nn.Module] = nn.Sigmoid, drop: float = 0.0,
+                 gate_last: bool = True):
+        super().__init__()
+        if hidden_dim % 2:
+            raise ValueError(f"a gated MLP needs an even hidden width, got {hidden_dim}")
+        self.gate_last = gate_last
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = act_layer()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_dim // 2, dim)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = self.fc1(x).chunk(2, dim=-1)
+        x = x1 * self.act(x2) if self.gate_last else self.act(x1) * x2
+        return self.drop2(self.fc2(self.drop1(x)))
+
+
+class SwiGLUPacked(GluMlp):
+    """timm's `SwiGLUPacked`: `GluMlp` with the gate on the first half (the caller passes SiLU)."""
+
+    def __init__(self, dim: int, hidden_dim: int, act_layer: type[nn.Module] = nn.SiLU, drop: float = 0.0):
+        super().__init__(dim, hidden_dim, act_layer, drop, gate_last=False)

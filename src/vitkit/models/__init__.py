@@ -4,6 +4,7 @@ from . import (
     convnext,  # noqa: F401  (registers ConvNeXt)
     swin,  # noqa: F401  (registers Swin)
     vit_configs,  # noqa: F401  (registers the named configs)
+    vit_hf_foundation,  # noqa: F401  (registers the Hugging Face DINOv2 converter)
 )
 from .registry import (
     build_model,

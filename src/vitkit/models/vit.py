@@ -9,10 +9,26 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import POOL_TYPES, Block, ConvStem, PatchEmbed, pool_tokens, resample_abs_pos_embed
+from ..layers import (
+    POOL_TYPES,
+    AttentionPoolLatent,
+    Block,
+    ConvStem,
+    Mlp,
+    PatchEmbed,
+    QuickGELU,
+    SwiGLUPacked,
+    pool_tokens,
+    resample_abs_pos_embed,
+)
 from ._protocol import FeatureInfo, InputSpec
 
-ACT_LAYERS = {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU, "silu": nn.SiLU}
+ACT_LAYERS = {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU, "silu": nn.SiLU,
+              "quick_gelu": QuickGELU}
+# timm's `mlp_layer` classes, by name: "mlp" (fc1 -> act -> fc2) and "swiglu_packed" (DINOv2 giant: one
+# packed fc1 holding value and gate, SiLU on the first half; pass act_layer="silu").
+MLP_LAYERS = {"mlp": Mlp, "swiglu_packed": SwiGLUPacked}
+VIT_POOL_TYPES = (*POOL_TYPES, "map")  # "map": attention pooling with a learned query (SigLIP)
 
 
 @dataclass
@@ -41,6 +57,8 @@ class ViTConfig:
     fc_norm: bool | None = None
     distilled: bool = False
     act_layer: str = "gelu"
+    mlp_layer: str = "mlp"
+    dynamic_img_size: bool = False  # interpolate the position embedding to each input's patch grid
     norm_eps: float = 1e-6
     gem_p: float = 3.0
     drop_rate: float = 0.0
@@ -54,8 +72,14 @@ class ViTConfig:
         self.conv_stem_strides = tuple(int(s) for s in self.conv_stem_strides) or (2,) * len(self.conv_stem)
         if self.conv_stem:
             self.patch_size = 2 ** self.conv_stem_strides.count(2)  # the stem's total stride; odd sizes round up
-        if self.global_pool not in POOL_TYPES:
-            raise ValueError(f"global_pool={self.global_pool!r} is not one of {POOL_TYPES}")
+        if self.global_pool not in VIT_POOL_TYPES:
+            raise ValueError(f"global_pool={self.global_pool!r} is not one of {VIT_POOL_TYPES}")
+        if self.mlp_layer not in MLP_LAYERS:
+            raise ValueError(f"mlp_layer={self.mlp_layer!r} is not one of {sorted(MLP_LAYERS)}")
+        if self.dynamic_img_size and self.conv_stem:
+            raise ValueError("dynamic_img_size needs the patch projection, not a conv stem")
+        if self.global_pool == "map" and self.distilled:
+            raise ValueError("global_pool='map' (attention pooling) does not go with a distillation head")
         if self.global_pool == "token" and not self.class_token:
             raise ValueError("global_pool='token' needs class_token=True; use global_pool='avg' without one")
         if self.distilled and not self.class_token:
@@ -90,7 +114,8 @@ class VisionTransformer(nn.Module):
 
         self.patch_embed = (
             ConvStem(c.img_size, c.in_chans, c.embed_dim, c.conv_stem, c.conv_stem_strides) if c.conv_stem
-            else PatchEmbed(c.img_size, c.patch_size, c.in_chans, c.embed_dim, bias=not c.pre_norm)
+            else PatchEmbed(c.img_size, c.patch_size, c.in_chans, c.embed_dim, bias=not c.pre_norm,
+                            dynamic_img_size=c.dynamic_img_size)
         )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim)) if c.class_token else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim)) if c.distilled else None
@@ -105,13 +130,14 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.Sequential(*[
             Block(
                 c.embed_dim, c.num_heads, c.mlp_ratio, c.qkv_bias, c.qk_norm, c.init_values,
-                c.proj_drop_rate, c.attn_drop_rate, dpr, c.norm_eps, ACT_LAYERS[c.act_layer],
+                c.proj_drop_rate, c.attn_drop_rate, dpr, c.norm_eps, ACT_LAYERS[c.act_layer], MLP_LAYERS[c.mlp_layer],
             )
             for dpr in drop_path_rates
         ])
         use_fc_norm = c.global_pool in ("avg", "max", "avgmax", "gem") if c.fc_norm is None else c.fc_norm
         self.norm = self._norm() if c.final_norm and not use_fc_norm else nn.Identity()
         self.fc_norm = self._norm() if c.final_norm and use_fc_norm else nn.Identity()
+        self.attn_pool = self._attn_pool() if c.global_pool == "map" else None
         self.head_drop = nn.Dropout(c.drop_rate)
         self.head = self._linear_head(c.num_classes)
         self.head_dist = self._linear_head(c.num_classes) if c.distilled else None
@@ -124,11 +150,16 @@ class VisionTransformer(nn.Module):
         """Fixed size: the absolute position embedding covers one grid (`vitkit.load(dir, img_size=...)`
         or `create_model(..., img_size=...)` resamples it for another)."""
         c = self.config
-        return InputSpec(in_chans=c.in_chans, img_size=(c.img_size, c.img_size), fixed_size=True,
+        return InputSpec(in_chans=c.in_chans, img_size=(c.img_size, c.img_size), fixed_size=not c.dynamic_img_size,
                          size_multiple=self.feature_info[0].reduction, crop_pct=0.9)
 
     def _norm(self) -> nn.LayerNorm:
         return nn.LayerNorm(self.embed_dim, eps=self.config.norm_eps)
+
+    def _attn_pool(self) -> AttentionPoolLatent:
+        c = self.config
+        return AttentionPoolLatent(c.embed_dim, c.num_heads, c.mlp_ratio, norm_eps=c.norm_eps,
+                                   act_layer=ACT_LAYERS[c.act_layer])
 
     def _linear_head(self, num_classes: int) -> nn.Module:
         return nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
@@ -145,26 +176,42 @@ class VisionTransformer(nn.Module):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+        if self.attn_pool is not None:
+            self.attn_pool.init_weights()
 
     # ----- embedding -------------------------------------------------------------------------
     def prefix_tokens(self, batch_size: int) -> list[torch.Tensor]:
         tokens = [self.cls_token, self.dist_token, self.reg_token]
         return [t.expand(batch_size, -1, -1) for t in tokens if t is not None]
 
-    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+    def _pos_embed(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """Add position embeddings to patch tokens and prepend the prefix tokens; `grid` (h, w) is the
+        input's patch grid, to which the embedding is interpolated when it differs (dynamic_img_size)."""
         prefix = self.prefix_tokens(x.shape[0])
+        pos_embed = self.pos_embed
+        if grid is not None and tuple(grid) != (self.patch_embed.grid_size,) * 2:
+            in_pos = 0 if self.no_embed_class else self.num_prefix_tokens
+            pos_embed = resample_abs_pos_embed(pos_embed, grid, in_pos, antialias=True)  # as timm
         if self.no_embed_class:
-            x = torch.cat([*prefix, x + self.pos_embed], dim=1)
+            x = torch.cat([*prefix, x + pos_embed], dim=1)
         else:
-            x = torch.cat([*prefix, x], dim=1) + self.pos_embed
+            x = torch.cat([*prefix, x], dim=1) + pos_embed
         return self.pos_drop(x)
+
+    def patch_grid(self, x: torch.Tensor) -> tuple[int, int]:
+        """The patch grid (h, w) of images `x` (B, C, H, W)."""
+        if not self.config.dynamic_img_size:
+            return (self.patch_embed.grid_size,) * 2
+        p = self.patch_embed.patch_size
+        return x.shape[-2] // p, x.shape[-1] // p
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) to the token sequence the first block sees."""
         x = x.to(self.pos_embed.dtype)  # float32 images into a bf16 model
         if self.token_state is not None:
             self.token_state.reset()
-        return self.norm_pre(self._pos_embed(self.patch_embed(x)))
+        grid = self.patch_grid(x) if self.config.dynamic_img_size else None
+        return self.norm_pre(self._pos_embed(self.patch_embed(x), grid))
 
     # ----- timm's model API ------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -182,7 +229,10 @@ class VisionTransformer(nn.Module):
             if self.distilled_training and self.training:
                 return cls, dist
             return (cls + dist) / 2
-        x = pool_tokens(x, self.global_pool, self.num_prefix_tokens, self.config.gem_p)
+        if self.attn_pool is not None:
+            x = self.attn_pool(x)
+        else:
+            x = pool_tokens(x, self.global_pool, self.num_prefix_tokens, self.config.gem_p)
         x = self.head_drop(self.fc_norm(x))
         return x if pre_logits else self.head(x)
 
@@ -208,7 +258,7 @@ class VisionTransformer(nn.Module):
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
         take, last = take_indices(len(self.blocks), indices)
-        B, grid = x.shape[0], self.patch_embed.grid_size
+        B, (grid_h, grid_w) = x.shape[0], self.patch_grid(x)
         x = self.embed(x)
         intermediates = []
         blocks = self.blocks[: last + 1] if stop_early or intermediates_only else self.blocks
@@ -220,12 +270,12 @@ class VisionTransformer(nn.Module):
         prefix = [y[:, : self.num_prefix_tokens] for y in intermediates]
         intermediates = [y[:, self.num_prefix_tokens :] for y in intermediates]
         if output_fmt == "NCHW":
-            if any(y.shape[1] != grid * grid for y in intermediates):
+            if any(y.shape[1] != grid_h * grid_w for y in intermediates):
                 raise ValueError(
                     "token merging/pruning left fewer tokens than the patch grid, so they cannot be laid out "
                     "as NCHW maps; use output_fmt='NLC'"
                 )
-            intermediates = [y.reshape(B, grid, grid, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+            intermediates = [y.reshape(B, grid_h, grid_w, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
         if return_prefix_tokens:
             intermediates = list(zip(intermediates, prefix, strict=True))
         if intermediates_only:
@@ -240,15 +290,23 @@ class VisionTransformer(nn.Module):
             self.norm = nn.Identity()
         if prune_head:
             self.fc_norm = nn.Identity()
-            self.reset_classifier(0)
+            if self.attn_pool is not None:  # as timm: no attention pool, tokens pass through
+                self.attn_pool = None
+                self.reset_classifier(0, "")
+            else:
+                self.reset_classifier(0)
         return sorted(take)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool is not None:
-            if global_pool not in POOL_TYPES:
-                raise ValueError(f"global_pool={global_pool!r} is not one of {POOL_TYPES}")
+            if global_pool not in VIT_POOL_TYPES:
+                raise ValueError(f"global_pool={global_pool!r} is not one of {VIT_POOL_TYPES}")
             if global_pool == "token" and self.cls_token is None:
                 raise ValueError("global_pool='token' needs a class token, and this model has none")
+            if global_pool == "map" and self.attn_pool is None:
+                raise ValueError("global_pool='map' needs the attention pool this model was built without")
+            if global_pool != "map":
+                self.attn_pool = None  # as timm: leaving 'map' drops the attention pool
             self.global_pool = self.config.global_pool = global_pool
         self.num_classes = self.config.num_classes = num_classes
         self.head = self._linear_head(num_classes)

@@ -28,3 +28,26 @@ for size, (dim, depth, heads) in SMALL_SIZES.items():
     register_model(f"vit_{size}_convstem_28", "vit", **shape, conv_stem=(32, 64, 128), img_size=28, in_chans=1)
     register_model(f"vit_{size}_convstem_32", "vit", **shape, conv_stem=(32, 64, 128), img_size=32, in_chans=3)
     register_model(f"vit_{size}_patch2_8", "vit", **shape, patch_size=2, img_size=8, in_chans=1)
+
+# Foundation-model image towers, as timm's VisionTransformer builds them. `num_classes` keeps the class's
+# default (1000), as every vitkit name has a head; timm's pretrained tags set 0 for DINOv2 and SigLIP (feature
+# towers) and 512 for the CLIP towers' image projection: pass num_classes=... for those.
+# DINOv2: patch 14 at 518, LayerScale; the reg4 variants add 4 registers outside the position embedding.
+DINOV2_SIZES = {"small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16)}
+for size, (dim, depth, heads) in DINOV2_SIZES.items():
+    shape = dict(embed_dim=dim, depth=depth, num_heads=heads, patch_size=14, img_size=518, init_values=1e-5)
+    register_model(f"vit_{size}_patch14_dinov2", "vit", **shape)
+    register_model(f"vit_{size}_patch14_reg4_dinov2", "vit", **shape, reg_tokens=4, no_embed_class=True)
+# ViT-g/14: packed SwiGLU MLP (fc1 holds value and gate), hidden width int(1536 * 2.66667 * 2) = 8192.
+register_model("vit_giant_patch14_dinov2", "vit", embed_dim=1536, depth=40, num_heads=24, patch_size=14,
+               img_size=518, init_values=1e-5, mlp_ratio=2.66667 * 2, mlp_layer="swiglu_packed", act_layer="silu")
+register_model("vit_giant_patch14_reg4_dinov2", "vit", embed_dim=1536, depth=40, num_heads=24, patch_size=14,
+               img_size=518, init_values=1e-5, mlp_ratio=2.66667 * 2, mlp_layer="swiglu_packed", act_layer="silu",
+               reg_tokens=4, no_embed_class=True)
+# CLIP image towers: LayerNorm before the blocks (and no patch-projection bias), torch's LayerNorm eps.
+CLIP_B16 = dict(embed_dim=768, depth=12, num_heads=12, patch_size=16, img_size=224, pre_norm=True, norm_eps=1e-5)
+register_model("vit_base_patch16_clip_224", "vit", **CLIP_B16)
+register_model("vit_base_patch16_clip_quickgelu_224", "vit", **CLIP_B16, act_layer="quick_gelu")
+# SigLIP image tower: no class token, attention-pool (MAP) head.
+register_model("vit_base_patch16_siglip_224", "vit", embed_dim=768, depth=12, num_heads=12, patch_size=16,
+               img_size=224, class_token=False, global_pool="map")
