@@ -40,8 +40,21 @@ def hf_convnext_t():
                                                          num_labels=1000))
 
 
+def hf_dinov2_s():
+    from transformers import Dinov2Config, Dinov2Model
+
+    return Dinov2Model(Dinov2Config(image_size=224, patch_size=14, hidden_size=384, num_hidden_layers=12,
+                                    num_attention_heads=6))
+
+
 MODELS = {"vit_s": ("vit_small_patch16_224", hf_vit_s), "swin_t": ("swin_tiny_patch4_window7_224", hf_swin_t),
-          "convnext_t": ("convnext_tiny", hf_convnext_t)}
+          "convnext_t": ("convnext_tiny", hf_convnext_t), "dinov2_s": ("vit_small_patch14_dinov2 (224)", hf_dinov2_s)}
+
+
+def hf_output(hf, x):
+    """Logits of a classifier; the pooled (normalised class-token) output of a feature tower."""
+    out = hf(pixel_values=x)
+    return out.logits if hasattr(out, "logits") else out.pooler_output
 
 
 def main() -> None:
@@ -63,9 +76,9 @@ def main() -> None:
             ours = vitkit.load(tmp).eval()
         x = torch.randn(args.batch, 3, 224, 224)
         with torch.inference_mode():
-            max_diff = (ours(x[:4]) - hf(pixel_values=x[:4]).logits).abs().max().item()
+            max_diff = (ours(x[:4]) - hf_output(hf, x[:4])).abs().max().item()
             runs = {"vitkit": lambda ours=ours, x=x: ours(x),
-                    "transformers": lambda hf=hf, x=x: hf(pixel_values=x).logits}
+                    "transformers": lambda hf=hf, x=x: hf_output(hf, x)}
             times = time_interleaved(runs, repeats=args.repeats)
         result = {n: summary(t, args.batch) for n, t in times.items()}
         ratio = result["vitkit"]["img_per_s"] / result["transformers"]["img_per_s"]
