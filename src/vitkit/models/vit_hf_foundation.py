@@ -1,4 +1,5 @@
-"""Hugging Face `Dinov2Model` checkpoints to vitkit's (= timm's) ViT config and parameter names.
+"""Hugging Face `Dinov2Model`, `Dinov2WithRegistersModel`, `CLIPVisionModel(WithProjection)` and
+`SiglipVisionModel` checkpoints to vitkit's (= timm's) ViT config and parameter names.
 
 Only the backbone: `Dinov2ForImageClassification`'s head reads [class token, mean patch token] concatenated,
 which timm's ViT has no equal of, so such checkpoints are refused rather than half loaded."""
@@ -32,8 +33,15 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
     """Rename every tensor and pack query/key/value into timm's qkv; `mask_token` (masked pretraining only) is
     dropped. Unknown keys are kept as they are, so a strict load names them."""
     out, qkv = {}, {}
+    if "embeddings.register_tokens" in state_dict or "dinov2_with_registers.embeddings.register_tokens" in state_dict:
+        state_dict = {k.removeprefix("dinov2_with_registers."): v for k, v in state_dict.items()}
+        # as timm: registers get no position embedding, and the class token's is folded into the token
+        pos = state_dict.pop("embeddings.position_embeddings")
+        out["reg_token"] = state_dict.pop("embeddings.register_tokens")
+        out["cls_token"] = state_dict.pop("embeddings.cls_token") + pos[:, :1]
+        out["pos_embed"] = pos[:, 1:]
     for key, value in state_dict.items():
-        key = key.removeprefix("dinov2.")
+        key = key.removeprefix("dinov2.").removeprefix("dinov2_with_registers.")
         if key == "embeddings.mask_token":
             continue
         match = _QKV.match(key)
@@ -65,8 +73,9 @@ def from_hf(hf: dict, state_dict: dict[str, torch.Tensor]):
     mlp_ratio = hf.get("mlp_ratio", 4)
     if swiglu:  # HF: hidden = (int(dim * mlp_ratio * 2 / 3) + 7) // 8 * 8, packed value and gate in weights_in
         mlp_ratio = weights["blocks.0.mlp.fc1.weight"].shape[0] / dim
+    registers = hf.get("num_register_tokens", 4) if hf.get("model_type") == "dinov2_with_registers" else 0
     config = make_config(
-        "vit",
+        "vit", reg_tokens=registers, no_embed_class=bool(registers),
         img_size=hf.get("image_size", 224), patch_size=hf.get("patch_size", 14), in_chans=hf.get("num_channels", 3),
         num_classes=0, embed_dim=dim, depth=hf.get("num_hidden_layers", 12),
         num_heads=hf.get("num_attention_heads", 12), mlp_ratio=mlp_ratio, qkv_bias=hf.get("qkv_bias", True),
@@ -78,4 +87,104 @@ def from_hf(hf: dict, state_dict: dict[str, torch.Tensor]):
     return config, weights
 
 
-register_hf_converter(("dinov2",), from_hf)
+register_hf_converter(("dinov2", "dinov2_with_registers"), from_hf)
+
+
+# ----- CLIP and SigLIP image towers ------------------------------------------------------------------------------
+_ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
+_TOWER_NAMES = [  # (Hugging Face name without "vision_model.", timm name); {} is a block index
+    ("embeddings.patch_embedding.", "patch_embed.proj."),
+    ("pre_layrnorm.", "norm_pre."),
+    ("encoder.layers.{}.layer_norm1.", "blocks.{}.norm1."),
+    ("encoder.layers.{}.layer_norm2.", "blocks.{}.norm2."),
+    ("encoder.layers.{}.self_attn.out_proj.", "blocks.{}.attn.proj."),
+    ("encoder.layers.{}.mlp.fc1.", "blocks.{}.mlp.fc1."),
+    ("encoder.layers.{}.mlp.fc2.", "blocks.{}.mlp.fc2."),
+    ("head.layernorm.", "attn_pool.norm."),
+    ("head.mlp.fc1.", "attn_pool.mlp.fc1."),
+    ("head.mlp.fc2.", "attn_pool.mlp.fc2."),
+    ("head.attention.out_proj.", "attn_pool.proj."),
+]
+_TOWER_PATTERNS = [(re.compile("^" + r"(\d+)".join(re.escape(p) for p in hf.split("{}"))), ours)
+                   for hf, ours in _TOWER_NAMES]
+_TOWER_QKV = re.compile(r"^encoder\.layers\.(\d+)\.self_attn\.(q|k|v)_proj\.(weight|bias)$")
+
+
+def _convert_tower(state_dict: dict[str, torch.Tensor], post_norm: str) -> dict[str, torch.Tensor]:
+    """Rename a CLIP/SigLIP vision tower; `post_norm` is the timm name `post_layernorm` goes to."""
+    out, qkv = {}, {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("vision_model.")
+        match = _TOWER_QKV.match(key)
+        if match:
+            qkv.setdefault((match[1], match[3]), {})[match[2]] = value
+            continue
+        if key == "embeddings.class_embedding":
+            out["cls_token"] = value.reshape(1, 1, -1)
+        elif key == "embeddings.position_embedding.weight":
+            out["pos_embed"] = value.unsqueeze(0)
+        elif key == "visual_projection.weight":  # CLIPVisionModelWithProjection: timm's head, bias zero
+            out["head.weight"] = value
+            out["head.bias"] = value.new_zeros(value.shape[0])
+        elif key == "head.probe":
+            out["attn_pool.latent"] = value
+        elif key == "head.attention.in_proj_weight" or key == "head.attention.in_proj_bias":
+            kind = key.rsplit("_", 1)[1]
+            dim = value.shape[0] // 3
+            out[f"attn_pool.q.{kind}"], out[f"attn_pool.kv.{kind}"] = value[:dim], value[dim:]
+        elif key.startswith("post_layernorm."):
+            out[post_norm + key.removeprefix("post_layernorm")] = value
+        else:
+            for pattern, ours in _TOWER_PATTERNS:
+                m = pattern.match(key)
+                if m:
+                    key = ours.format(*m.groups()) + key[m.end():]
+                    break
+            out[key] = value
+    for (block, kind), parts in qkv.items():
+        out[f"blocks.{block}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return out
+
+
+def _tower_config(hf: dict, default_act: str, **kwargs):
+    act = hf.get("hidden_act", default_act)
+    if act not in _ACTS:
+        raise ValueError(f"Hugging Face {hf.get('model_type')} hidden_act {act!r} is not supported; "
+                         f"supported: {sorted(_ACTS)}")
+    dim = hf.get("hidden_size", 768)
+    return make_config(
+        "vit",
+        img_size=hf.get("image_size", 224), patch_size=hf.get("patch_size", 16), in_chans=hf.get("num_channels", 3),
+        embed_dim=dim, depth=hf.get("num_hidden_layers", 12), num_heads=hf.get("num_attention_heads", 12),
+        mlp_ratio=hf.get("intermediate_size", 4 * dim) / dim, act_layer=_ACTS[act], **kwargs,
+    )
+
+
+def clip_from_hf(hf: dict, state_dict: dict[str, torch.Tensor]):
+    """(ViTConfig, timm-keyed state dict) of `CLIPVisionModel` / `CLIPVisionModelWithProjection`.
+
+    CLIP's `post_layernorm` normalises only the pooled class token (`pooler_output`), not
+    `last_hidden_state`: it becomes `fc_norm` (with `norm` left out), so `forward_features` equals
+    `last_hidden_state` and the pooled, pre-logits output equals `pooler_output`. The projection
+    (no bias) becomes the head, with a zero bias, as timm's CLIP conversions do."""
+    projection = "visual_projection.weight" in state_dict
+    config = _tower_config(hf, "quick_gelu", num_classes=state_dict["visual_projection.weight"].shape[0]
+                           if projection else 0, pre_norm=True, fc_norm=True, global_pool="token",
+                           norm_eps=hf.get("layer_norm_eps", 1e-5))
+    return config, _convert_tower(state_dict, "fc_norm")
+
+
+def siglip_from_hf(hf: dict, state_dict: dict[str, torch.Tensor]):
+    """(ViTConfig, timm-keyed state dict) of `SiglipVisionModel`: no class token, `post_layernorm` is the
+    final norm, the attention-pool head `head` becomes timm's `attn_pool` ('map' pooling)."""
+    has_head = any(k.removeprefix("vision_model.").startswith("head.") for k in state_dict)
+    if not has_head:
+        raise ValueError("Hugging Face SigLIP tower without its attention-pool head (vision_use_head=False) "
+                         "is not supported")
+    config = _tower_config(hf, "gelu_pytorch_tanh", num_classes=0, class_token=False, global_pool="map",
+                           norm_eps=hf.get("layer_norm_eps", 1e-6))
+    return config, _convert_tower(state_dict, "norm")
+
+
+register_hf_converter(("clip_vision_model",), clip_from_hf)
+register_hf_converter(("siglip_vision_model",), siglip_from_hf)
