@@ -21,6 +21,7 @@ from ..layers import (
     pool_tokens,
     resample_abs_pos_embed,
 )
+from ._features import adapt_input_channels, adapt_stem_channels, take_indices  # noqa: F401 (re-exported)
 from ._protocol import FeatureInfo, InputSpec
 
 ACT_LAYERS = {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU, "silu": nn.SiLU,
@@ -343,32 +344,6 @@ class VisionTransformer(nn.Module):
         if pos is not None and pos.shape != self.pos_embed.shape and pos.shape[-1] == self.embed_dim:
             prefix_in_pos = 0 if self.no_embed_class else self.num_prefix_tokens
             state_dict["pos_embed"] = resample_abs_pos_embed(pos, self.patch_embed.grid_size, prefix_in_pos)
-        proj = state_dict.get("patch_embed.proj.weight")
-        want = self.patch_embed.proj.weight
-        channels_differ = proj is not None and proj.ndim == 4 and proj.shape[1] != want.shape[1]
-        if isinstance(self.patch_embed, PatchEmbed) and channels_differ and proj.shape[2:] == want.shape[2:]:
-            state_dict["patch_embed.proj.weight"] = adapt_input_channels(proj, want.shape[1])
+        if isinstance(self.patch_embed, PatchEmbed):
+            adapt_stem_channels(state_dict, "patch_embed.proj.weight", self.patch_embed.proj.weight)
         return state_dict
-
-
-def take_indices(num_blocks: int, indices: int | list[int] | tuple[int, ...] | None) -> tuple[set[int], int]:
-    if indices is None:
-        take = list(range(num_blocks))
-    elif isinstance(indices, int):
-        if not 0 < indices <= num_blocks:
-            raise ValueError(f"indices={indices} must be between 1 and the number of blocks ({num_blocks})")
-        take = list(range(num_blocks - indices, num_blocks))
-    else:
-        take = [i + num_blocks if i < 0 else i for i in indices]
-        bad = [i for i, t in zip(indices, take, strict=True) if not 0 <= t < num_blocks]
-        if bad:
-            raise ValueError(f"block indices {bad} are out of range for a model with {num_blocks} blocks")
-    return set(take), max(take)
-
-
-def adapt_input_channels(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
-    """RGB patch-embedding weights to gray (sum) or to more channels (tiled, rescaled), as timm does."""
-    if in_chans == 1:
-        return weight.sum(dim=1, keepdim=True)
-    repeats = -(-in_chans // weight.shape[1])
-    return weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (weight.shape[1] / in_chans)

@@ -48,14 +48,23 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
         if match:
             qkv.setdefault((match[1], match[3]), {})[match[2]] = value
             continue
-        for pattern, ours in _PATTERNS:
-            m = pattern.match(key)
-            if m:
-                key = ours.format(*m.groups()) + key[m.end():]
-                break
-        out[key] = value
+        out[_rename(key, _PATTERNS)] = value
+    return _fuse_qkv(out, qkv, ("query", "key", "value"))
+
+
+def _rename(key: str, patterns) -> str:
+    """`key` in timm's names: the first (compiled pattern, format) that matches its start, rest kept."""
+    for pattern, ours in patterns:
+        m = pattern.match(key)
+        if m:
+            return ours.format(*m.groups()) + key[m.end():]
+    return key
+
+
+def _fuse_qkv(out: dict, qkv: dict, names: tuple[str, str, str]) -> dict:
+    """Add timm's packed `blocks.i.attn.qkv.{weight,bias}` from HF's separate query/key/value tensors."""
     for (block, kind), parts in qkv.items():
-        out[f"blocks.{block}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
+        out[f"blocks.{block}.attn.qkv.{kind}"] = torch.cat([parts[name] for name in names])
     return out
 
 
@@ -135,15 +144,8 @@ def _convert_tower(state_dict: dict[str, torch.Tensor], post_norm: str) -> dict[
         elif key.startswith("post_layernorm."):
             out[post_norm + key.removeprefix("post_layernorm")] = value
         else:
-            for pattern, ours in _TOWER_PATTERNS:
-                m = pattern.match(key)
-                if m:
-                    key = ours.format(*m.groups()) + key[m.end():]
-                    break
-            out[key] = value
-    for (block, kind), parts in qkv.items():
-        out[f"blocks.{block}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
-    return out
+            out[_rename(key, _TOWER_PATTERNS)] = value
+    return _fuse_qkv(out, qkv, ("q", "k", "v"))
 
 
 def _tower_config(hf: dict, default_act: str, **kwargs):

@@ -16,8 +16,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ...layers import DropPath, Mlp
+from .._features import adapt_stem_channels, take_indices
 from .._protocol import FeatureInfo, InputSpec
-from ..vit import adapt_input_channels, take_indices
 
 if TYPE_CHECKING:
     from .configs import ConvNeXtConfig
@@ -278,7 +278,6 @@ class ConvNeXt(nn.Module):
     # ----- checkpoint adaptation -------------------------------------------------------------
     def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """RGB stem weights to another channel count (gray: summed), as timm does for `in_chans`."""
-        proj, want = state_dict.get("stem.0.weight"), self.stem[0].weight
-        if proj is not None and proj.ndim == 4 and proj.shape[1] != want.shape[1] and proj.shape[2:] == want.shape[2:]:
-            state_dict = {**state_dict, "stem.0.weight": adapt_input_channels(proj, want.shape[1])}
+        state_dict = dict(state_dict)
+        adapt_stem_channels(state_dict, "stem.0.weight", self.stem[0].weight)
         return state_dict

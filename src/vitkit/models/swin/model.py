@@ -14,8 +14,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ...layers import DropPath, Mlp
+from .._features import adapt_stem_channels, take_indices
 from .._protocol import FeatureInfo, InputSpec
-from ..vit import ACT_LAYERS, adapt_input_channels, take_indices
+from ..vit import ACT_LAYERS
 
 if TYPE_CHECKING:  # configs.py imports this module to register the architecture
     from .configs import SwinConfig
@@ -299,7 +300,5 @@ class SwinTransformer(nn.Module):
         from .convert import from_old_timm
 
         state_dict = from_old_timm(state_dict)
-        proj, want = state_dict.get("patch_embed.proj.weight"), self.patch_embed.proj.weight
-        if proj is not None and proj.ndim == 4 and proj.shape[1] != want.shape[1] and proj.shape[2:] == want.shape[2:]:
-            state_dict["patch_embed.proj.weight"] = adapt_input_channels(proj, want.shape[1])
+        adapt_stem_channels(state_dict, "patch_embed.proj.weight", self.patch_embed.proj.weight)
         return state_dict
