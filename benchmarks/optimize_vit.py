@@ -91,9 +91,9 @@ def main() -> int:
 
         if args.checkpoint and args.data:
             from vitkit.data import build_dataset
+            from vitkit.data.batches import eval_batches
             from vitkit.data.transforms import saved_model_eval_transform
             from vitkit.evaluation.classification import evaluate_classifier
-            from vitkit.training.data_stream import eval_batches
 
             meta = model.metadata or {}
             val_split = meta.get("val_split") if meta.get("dataset") == args.data else None

@@ -62,10 +62,26 @@ def test_to_transformers_gives_the_peer_with_our_weights(name):
 @pytest.mark.parametrize("overrides, named", [
     ({"global_pool": "avg", "class_token": False}, "global_pool='avg'"),
     ({"reg_tokens": 4}, "reg_tokens"),
-    ({"init_values": 1e-5}, "layer scale"),
+    ({"init_values": 1e-5, "qk_norm": True}, "layer scale"),  # layer scale alone: DINOv2 (test_family_peers.py)
 ])
 def test_to_transformers_names_what_has_no_equivalent(overrides, named):
-    from vitkit.weights.hf import hf_config_from
+    from vitkit.weights.hf import transformers_config
 
     with pytest.raises(ValueError, match=f"no transformers ViT/DeiT equals this model: it has .*{named}"):
-        hf_config_from(vitkit.create_model("vit_pico_patch4_32", **overrides).config)
+        transformers_config(vitkit.create_model("vit_pico_patch4_32", **overrides).config)
+
+
+def test_layer_scale_vit_is_transformers_dinov2_with_our_weights():
+    """A plain ViT with layer scale is transformers' DINOv2; its head is DINOv2's classifier with zero
+    weights on the mean patch token."""
+    from vitkit.weights.hf import to_transformers
+
+    model = vitkit.create_model("vit_pico_patch4_32", num_classes=5, init_values=1e-5).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    peer = to_transformers(model)
+    assert type(peer).__name__ == "Dinov2ForImageClassification"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(peer(pixel_values=x).logits, model(x), atol=1e-5, rtol=0)

@@ -1,18 +1,18 @@
 """vitkit: vision transformers you can build, load from timm / Hugging Face, train, speed up and measure."""
 
+from ._version import __version__
+from .api import load
 from .efficiency import optimize, parse_spec
 from .evaluation import attention_rollout, capture_attention, count_flops, count_params
-from .models import create_model, list_models
+from .models import list_models
 from .weights import (
     CheckpointMismatchError,
     CorruptCheckpointError,
+    create_model,
     from_timm,
-    load,
     load_checkpoint,
     save,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CheckpointMismatchError", "CorruptCheckpointError", "attention_rollout", "capture_attention",

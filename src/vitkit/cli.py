@@ -62,7 +62,11 @@ def cmd_info(args) -> int:
 _TRAIN_FLAGS = {"model": str, "data": str, "val_split": float, "output": str, "epochs": int, "batch_size": int,
                 "lr": float,
                 "weight_decay": float, "drop_path": float, "seed": int, "ckpt_every": int, "workers": int,
-                "teacher": str, "distill": str, "device": str}
+                "teacher": str, "distill": str, "device": str, "init_checkpoint": str, "labels_per_class": int,
+                "label_fraction": float}
+# vitkit pretrain: the same, without the supervised-only ones
+_PRETRAIN_FLAGS = {k: v for k, v in _TRAIN_FLAGS.items()
+                   if k not in ("teacher", "distill", "labels_per_class", "label_fraction")}
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -83,18 +87,57 @@ def _parse_set(items: list[str]) -> dict:
     return values
 
 
-def cmd_train(args) -> int:
-    from vitkit.training import TrainConfig, load_recipe, train
+def _run_options(args, flags: dict) -> dict:
+    from vitkit.training import load_recipe
 
-    if args.nproc and args.nproc > 1:
-        return _launch_torchrun(args.nproc)
     options = load_recipe(args.config)
-    options.update({k: v for k in _TRAIN_FLAGS if (v := getattr(args, k)) is not None})
+    options.update({k: v for k in flags if (v := getattr(args, k)) is not None})
     options.update(_parse_set(args.set))
     if args.quiet:
         options["progress"] = False
     if isinstance(options.get("val_split"), float) and options["val_split"].is_integer():
         options["val_split"] = int(options["val_split"])
+    return options
+
+
+def cmd_pretrain(args) -> int:
+    from vitkit.training import TrainConfig, train
+
+    if args.nproc and args.nproc > 1:
+        return _launch_torchrun(args.nproc)
+    if args.config is None:
+        args.config = f"{args.objective}_digits"
+    options = _run_options(args, _PRETRAIN_FLAGS)
+    recipe_objective = options.get("objective", "supervised")
+    if recipe_objective not in ("supervised", args.objective):
+        raise ValueError(f"--objective {args.objective} but recipe {args.config} is for objective {recipe_objective}")
+    options["objective"] = args.objective
+    summary = train(TrainConfig.from_dict(options), resume=args.resume, overwrite=args.overwrite)
+    if "report" in summary:
+        out, metric = Path(summary["output"]), summary["selection_metric"]
+        report, best = summary["report"], summary[f"best_val_{metric}"]
+        print(f"pretrained {summary['global_step']} steps in {summary['elapsed_s']:.0f} s ({args.objective})")
+        if summary["selected"] == "best":
+            print(f"selected on validation: {metric} {best * 100:.2f}% (epoch {summary['selected_epoch']}); test "
+                  f"kNN top-1 {report.top1 * 100:.2f}% (k={report.k}, bank of {report.bank_size} training images)")
+        else:
+            print("nothing selected (see metrics.jsonl and eval.json); "
+                  f"final model test kNN top-1 {report.top1 * 100:.2f}%")
+        print(f"backbone:       {out / summary['selected']}   "
+              "(vitkit.load; vitkit train --init-checkpoint fine-tunes it)")
+        print(f"metrics:        {out / 'metrics.jsonl'}, {out / 'eval.json'}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from vitkit.training import TrainConfig, train
+
+    if args.nproc and args.nproc > 1:
+        return _launch_torchrun(args.nproc)
+    options = _run_options(args, _TRAIN_FLAGS)
+    if options.get("objective", "supervised") != "supervised":
+        raise ValueError(f"recipe {args.config} is a {options['objective']} recipe: run it with vitkit pretrain "
+                         f"--objective {options['objective']}")
     summary = train(TrainConfig.from_dict(options), resume=args.resume, overwrite=args.overwrite)
     if "report" in summary:
         out = Path(summary["output"])
@@ -149,7 +192,8 @@ def _load_for_inference(path: str, optimized: bool = True):
 def _eval_transform(model, meta, fallback_mean=None, fallback_std=None):
     from vitkit.data.transforms import saved_model_eval_transform
 
-    return saved_model_eval_transform(model.input_spec, meta, fallback_mean, fallback_std)
+    return saved_model_eval_transform(model.input_spec, meta, fallback_mean, fallback_std,
+                                      getattr(model, "pretrained_cfg", None))
 
 
 def cmd_eval(args) -> int:
@@ -157,9 +201,9 @@ def cmd_eval(args) -> int:
 
     import vitkit
     from vitkit.data import build_dataset
+    from vitkit.data.batches import eval_batches
     from vitkit.efficiency import parse_spec, spec_to_string
     from vitkit.evaluation.classification import evaluate_classifier, save_confusion_png
-    from vitkit.training.data_stream import eval_batches
     from vitkit.weights import atomic_write_text
 
     items = parse_spec(args.spec) if args.spec else None  # a bad spec fails before anything loads
@@ -272,7 +316,7 @@ def cmd_export(args) -> int:
         print(f"batch {batch}: max |onnxruntime - pytorch fp32| = {diff:.3g}")
     if args.data:
         from vitkit.data import build_dataset
-        from vitkit.training.data_stream import eval_batches
+        from vitkit.data.batches import eval_batches
 
         dataset = build_dataset(args.data, "test")
         transform = _eval_transform(model, meta, dataset.info.mean, dataset.info.std)
@@ -328,6 +372,9 @@ def cmd_bench(args) -> int:
     return 0 if failed < len(results["rows"]) else 1
 
 
+PRETRAIN_OBJECTIVES = ("mae", "dino")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitkit", description=__doc__)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -355,6 +402,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, help="launch this many processes with torchrun (DDP)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("pretrain",
+                       help="self-supervised pretraining (mae, dino) without labels; the output is a backbone")
+    p.add_argument("--objective", required=True, choices=PRETRAIN_OBJECTIVES)
+    p.add_argument("--config", default=None, help="recipe YAML path or shipped recipe name (default: OBJECTIVE_digits)")
+    for name, kind in _PRETRAIN_FLAGS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other option, e.g. objective_args={mask_ratio: 0.6}")
+    p.add_argument("--resume", nargs="?", const=True, default=None,
+                   help="continue from the latest checkpoint in --output, or from the given checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="--output holds an earlier run: start over")
+    p.add_argument("--nproc", type=int, help="launch this many processes with torchrun (DDP)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("eval", help="top-1/top-5/loss, per-class accuracy and a confusion matrix PNG")
     p.add_argument("checkpoint", help="model directory (e.g. runs/digits/best)")

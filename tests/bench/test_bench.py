@@ -330,3 +330,24 @@ def test_each_row_says_what_happened_to_its_own_batch_size():
     assert rows["tome:r=2", 64]["status"] == "partial" and "accuracy not measured" in rows["tome:r=2", 64]["error"]
     for batch in (1, 64):
         assert rows["int8", batch]["status"] == "failed" and "quantized engine" in rows["int8", batch]["error"]
+
+
+def test_every_family_transformers_has_gets_its_peer_in_the_plan(tmp_path):
+    """Registry names and saved models of families without an img_size (ConvNeXt) too: sizes come from the
+    model's input_spec."""
+    saved = vitkit.save(vitkit.create_model("convnext_atto", depths=(1, 1, 1, 1), dims=(8, 8, 8, 8), num_classes=3,
+                                            in_chans=1), tmp_path / "tiny_convnext")
+    plan = make_plan("convnext_atto,convnextv2_atto,swin_tiny_patch4_window7_224,vit_small_patch14_dinov2,"
+                     "vit_pico_convstem_32", checkpoint=str(saved), peers="hf", quick=True)
+    entries = {e.name: e for e in plan.models}
+    for name in ("convnext_atto", "convnextv2_atto", "swin_tiny_patch4_window7_224", "vit_small_patch14_dinov2"):
+        assert entries[name].peer_keys == ["peer:hf"], plan.notes
+    assert (entries["convnext_atto"].img_size, entries["convnext_atto"].in_chans,
+            entries["convnext_atto"].num_classes) == (224, 3, 1000)
+    assert entries["vit_small_patch14_dinov2"].img_size == 518
+    tiny = entries["tiny_convnext"]
+    assert (tiny.is_checkpoint, tiny.img_size, tiny.in_chans, tiny.num_classes, tiny.peer_keys) == (
+        True, 224, 1, 3, ["peer:hf"])
+    assert entries["vit_pico_convstem_32"].peer_keys == []
+    assert any("vit_pico_convstem_32: no transformers ViT/DeiT equals this model: it has conv_stem" in n
+               for n in plan.notes)

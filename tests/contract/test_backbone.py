@@ -103,3 +103,23 @@ def test_gradient_checkpointing_gives_the_same_gradients(name):
     for n, p in model.named_parameters():
         if n in plain:
             torch.testing.assert_close(p.grad, plain[n], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["vit_base_patch16_clip_224", "vit_small_patch14_dinov2", "deit_tiny_patch16_224",
+                                  "convnext_atto", "swin_tiny_patch4_window7_224"])
+def test_input_spec_carries_the_named_weights_preprocessing(name, tmp_path):
+    """mean / std / crop_pct come from the registered name's pretrained cfg, survive save -> load, and a
+    training run's recorded values replace them."""
+    from vitkit.models import pretrained_cfg
+
+    model = tiny(name)
+    cfg = pretrained_cfg(name)
+    spec = model.input_spec
+    for key, value in cfg.items():
+        assert getattr(spec, key) == (tuple(value) if isinstance(value, list | tuple) else value), key
+    vitkit.save(model, tmp_path / "m")
+    assert vitkit.load(tmp_path / "m").input_spec == spec
+    recorded = {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6], "crop_pct": 1.0}
+    vitkit.save(model, tmp_path / "trained", metadata=recorded)
+    trained = vitkit.load(tmp_path / "trained").input_spec
+    assert (trained.mean, trained.std, trained.crop_pct) == ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6), 1.0)

@@ -65,3 +65,39 @@ def test_a_checkpoint_of_another_family_is_one_mismatch_report(tmp_path):
     with pytest.raises(CheckpointMismatchError, match=r"(?s)convnext.safetensors does not fit the model:.*"
                                                       r"missing \(\d+\): .*unexpected \(\d+\): .*stages\."):
         vitkit.create_model("vit_pico_patch4_32", num_classes=4, checkpoint=str(path))
+
+
+TOWER = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+PEER_MODELS = {  # one tiny model of each family transformers has, as the bench builds its peer
+    "convnext": ("convnext_tiny", dict(SMALL["convnext_tiny"], num_classes=4), 64),
+    "convnextv2": ("convnextv2_atto", dict(SMALL["convnext_tiny"], num_classes=4), 64),
+    "swin": ("swin_tiny_patch4_window7_224", dict(img_size=32, patch_size=2, window_size=4, embed_dim=8,
+                                                  depths=(2, 2), num_heads=(1, 2), num_classes=4), 32),
+    "dinov2": ("vit_small_patch14_reg4_dinov2", dict(TOWER, num_classes=0), 32),
+    "clip": ("vit_base_patch16_clip_224", dict(TOWER, num_classes=16), 32),
+    "siglip": ("vit_base_patch16_siglip_224", dict(TOWER, num_classes=0), 32),
+    "vit": ("vit_pico_patch4_32", dict(num_classes=4), 32),
+}
+
+
+@pytest.mark.parametrize("family", PEER_MODELS)
+def test_transformers_peer_reproduces_every_family(family):
+    """`vitkit bench --peers hf`: transformers' model with our weights returns what ours returns (logits; a
+    feature tower's pooled features; CLIP's projected embedding), and the bench worker's check accepts it."""
+    pytest.importorskip("transformers")
+    from vitkit.bench.variants import build_peer
+    from vitkit.bench.worker import build
+
+    name, overrides, size = PEER_MODELS[family]
+    model = vitkit.create_model(name, **overrides).eval()
+    with torch.no_grad():  # perturbed, so zero-initialised parameters matter (CLIP's projection has no bias)
+        for key, p in model.named_parameters():
+            if key != "head.bias" or family != "clip":
+                p.add_(torch.randn_like(p) * 0.1)
+    peer = build_peer(model, "hf")
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        ours = model(x)
+        assert ours.shape == (2, overrides["num_classes"] or model.num_features)
+        torch.testing.assert_close(peer(x), ours, atol=1e-4, rtol=0)
+    build(model, "peer:hf", x, {"device": "cpu"})  # raises if the peer's output is not ours

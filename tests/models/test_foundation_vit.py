@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import vitkit
-from vitkit.layers import AttentionPoolLatent, QuickGELU, SwiGLUPacked
+from vitkit.layers import AttentionPoolLatent, QuickGELU, SwiGLUPacked, resample_abs_pos_embed
+from vitkit.layers.pos_embed import POS_EMBED_INTERP
 from vitkit.models import list_models
 
 FIXTURES = ["vit_dinov2_reg4_p4_32", "vit_clip_quickgelu_p4_32", "vit_siglip_map_p4_32"]
@@ -47,6 +48,29 @@ def test_names_are_registered_with_timm_details():
     assert (c.pre_norm, c.act_layer, c.norm_eps) == (True, "quick_gelu", 1e-5)
     c = vitkit.models.model_config("vit_base_patch16_siglip_224")
     assert (c.class_token, c.global_pool) == (False, "map")
+    assert {vitkit.models.model_config(n).pos_embed_interp for n in NAMES} == {"timm"}  # timm's names: timm's way
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pos_embed_interp_ways(dtype):
+    """Each way is plain F.interpolate: timm's antialiased bicubic in float32, transformers DINOv2's plain
+    bicubic in float32, transformers CLIP/SigLIP's plain bicubic in the embedding's dtype; prefix rows kept,
+    the saved grid returned as it is."""
+    torch.manual_seed(0)
+    pos = torch.randn(1, 1 + 16, 8).to(dtype)
+    grid = pos[:, 1:].reshape(1, 4, 4, 8).permute(0, 3, 1, 2)
+
+    def reference(antialias, in_float32):
+        g = grid.float() if in_float32 else grid
+        g = torch.nn.functional.interpolate(g, size=(3, 6), mode="bicubic", align_corners=False, antialias=antialias)
+        return torch.cat([pos[:, :1], g.to(dtype).permute(0, 2, 3, 1).reshape(1, 18, 8)], dim=1)
+
+    for name, args in (("timm", (True, True)), ("bicubic", (False, True)), ("bicubic_model_dtype", (False, False))):
+        out = POS_EMBED_INTERP[name](pos, (3, 6), 1)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out, reference(*args), atol=0, rtol=0)
+        assert POS_EMBED_INTERP[name](pos, (4, 4), 1) is pos
+    assert (POS_EMBED_INTERP["timm"](pos, (6, 6), 1) - POS_EMBED_INTERP["bicubic"](pos, (6, 6), 1)).abs().max() > 0.05
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -106,8 +130,9 @@ def test_dynamic_img_size_interpolates_the_position_embedding(fixtures_dir):
     dynamic.load_state_dict(state_dict)
     assert dynamic.input_spec.fixed_size is False
     x = torch.randn(2, 3, 48, 40)
-    # a fixed model made for the new grid, its embedding resampled the same way (upsampling: antialias is moot)
+    # a fixed model made for the new grid, its embedding resampled as timm's dynamic path does (antialias)
     fixed = vitkit.create_model(meta["timm_model"], **{**meta["kwargs"], "img_size": 48}).eval()
+    assert dynamic.config.pos_embed_interp == "timm"
     with torch.no_grad():
         out = dynamic.forward_features(x)
         assert out.shape == (2, 5 + 12 * 10, 64)
@@ -115,10 +140,17 @@ def test_dynamic_img_size_interpolates_the_position_embedding(fixtures_dir):
         assert same.shape == (2, 69, 64)
         maps = dynamic.forward_intermediates(x, intermediates_only=True)
         assert maps[-1].shape == (2, 64, 12, 10)
-    fixed.load_state_dict(fixed.adapt_state_dict(state_dict))
+    fixed.load_state_dict({**state_dict, "pos_embed": resample_abs_pos_embed(state_dict["pos_embed"], 12,
+                                                                             antialias=True)})
     square = torch.randn(2, 3, 48, 48)
     with torch.no_grad():
-        torch.testing.assert_close(dynamic(square), fixed(square), atol=1e-5, rtol=0)
+        torch.testing.assert_close(dynamic.forward_features(square), fixed.forward_features(square), atol=1e-5, rtol=0)
+        # pos_embed_interp="bicubic" (no antialias) is the resampling weights get when loaded for another size
+        fixed.load_state_dict(fixed.adapt_state_dict(state_dict))
+        dynamic.config.pos_embed_interp = "bicubic"
+        torch.testing.assert_close(dynamic.forward_features(square), fixed.forward_features(square), atol=1e-5, rtol=0)
+        dynamic.config.pos_embed_interp = "timm"
+        assert (dynamic.forward_features(square) - fixed.forward_features(square)).abs().max() > 1e-3
     with pytest.raises(ValueError):
         vitkit.create_model(meta["timm_model"], **meta["kwargs"])(x)  # not dynamic: the fixed size is enforced
 

@@ -47,8 +47,8 @@ def test_old_timm_layout_loads(fixtures_dir):
     for key, value in state_dict.items():
         key = re.sub(r"^layers\.(\d+)\.downsample", lambda m: f"layers.{int(m[1]) - 1}.downsample", key)
         old[key.replace("head.fc.", "head.")] = value
-    buffers = {k: v for k, v in model.named_buffers()}
-    old.update(buffers)  # relative_position_index and attn_mask, as old checkpoints hold them
+    old.update(dict(model.named_buffers()))  # relative_position_index, as old checkpoints hold it
+    old["layers.1.blocks.0.attn_mask"] = torch.zeros(1, 16, 16)  # and shift masks: never state here, dropped
     assert "layers.0.downsample.reduction.weight" in old and "head.weight" in old
     load_state_dict(model, old, strict=True)
     with torch.no_grad():
@@ -63,10 +63,10 @@ def test_parameter_count_matches_timm():
             "swin_base_patch4_window7_224"} <= set(vitkit.list_models("swin_*"))
 
 
-def _hf_swin(tmp_path, num_labels=5):
+def _hf_swin(tmp_path, num_labels=5, depths=(1, 1)):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    cfg = transformers.SwinConfig(image_size=32, patch_size=2, embed_dim=16, depths=[1, 1], num_heads=[2, 4],
+    cfg = transformers.SwinConfig(image_size=32, patch_size=2, embed_dim=16, depths=list(depths), num_heads=[2, 4],
                                   window_size=4, num_labels=num_labels)
     hf = transformers.SwinForImageClassification(cfg).eval()
     with torch.no_grad():  # perturb every parameter so zero-initialised ones (biases, bias tables) matter
@@ -95,6 +95,25 @@ def test_vitkit_load_of_hugging_face_directory(tmp_path):
         torch.testing.assert_close(model(x), hf(pixel_values=x).logits, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("size", [(64, 64), (48, 32)])
+def test_hugging_face_directory_matches_transformers_at_another_size(tmp_path, size):
+    """Saved at 32x32, run at sizes the windows divide (grids stay larger than the window, so transformers'
+    per-call window clamping and timm's built one agree); two blocks per stage, so shifted windows and
+    their masks for the new grid are exercised."""
+    hf = _hf_swin(tmp_path, depths=(2, 2))
+    loaded = vitkit.load(tmp_path).eval()
+    created = vitkit.create_model("swin_tiny_patch4_window7_224", checkpoint=str(tmp_path), img_size=32, patch_size=2,
+                                  embed_dim=16, depths=(2, 2), num_heads=(2, 4), window_size=4, num_classes=5).eval()
+    assert loaded.config.img_size == 32 and loaded.layers[0].blocks[1].shift == 2
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        logits = hf(pixel_values=x).logits
+        hidden = hf.swin(pixel_values=x).last_hidden_state  # (B, H/4 * W/4, C) after the final norm
+        for model in (loaded, created):
+            torch.testing.assert_close(model(x), logits, atol=1e-4, rtol=0)
+            torch.testing.assert_close(model.forward_features(x).flatten(1, 2), hidden, atol=1e-4, rtol=0)
+
+
 def test_save_load_round_trip(tmp_path):
     model = vitkit.create_model("swin_tiny_patch4_window7_224", **SMALL).eval()
     vitkit.save(model, tmp_path)
@@ -110,20 +129,70 @@ def test_bad_sizes_are_explained():
         make_config("swin", img_size=60)
     with pytest.raises(ValueError, match=r"img_size 48 gives stage 0 a 12x12 grid, not a multiple of window_size 8"):
         make_config("swin", img_size=48, patch_size=4, window_size=8, depths=(2, 2), num_heads=(2, 4))
-    model = build_model(make_config("swin", **SMALL))
-    with pytest.raises(ValueError, match=r"input of shape \(1, 3, 64, 64\).*expected \(B, C, 32, 32\)"):
-        model(torch.randn(1, 3, 64, 64))
+    model = build_model(make_config("swin", **SMALL))  # patch 2, window 4, two stages: multiple of 16
+    assert model.size_multiple() == 16
+    cases = {
+        (33, 33): r"^input 33x33 is not divisible by the patch size 2; use a multiple of 16 per side "
+                  r"\(e\.g\. 32x32 or 48x48\)$",
+        (36, 32): r"^input 36x32: stage 0 grid 18x16 is not divisible by window 4; use a multiple of 16 per side "
+                  r"\(e\.g\. 32x32 or 48x32\)$",
+        (40, 40): r"^input 40x40: stage 1 grid 10x10 is not divisible by window 4; use a multiple of 16 per side "
+                  r"\(e\.g\. 32x32 or 48x48\)$",
+    }
+    for (h, w), message in cases.items():
+        with pytest.raises(ValueError, match=message):
+            model(torch.randn(1, 3, h, w))
+    with pytest.raises(ValueError, match=r"input 24x24: stage 1 grid 6x6 is not divisible by window 4; .* "
+                                         r"\(e\.g\. 16x16 or 32x32\)$"):
+        model.forward_intermediates(torch.randn(1, 3, 24, 24))
+    # a 7x7 window that fits stage 0 once: stage 0 accepts 28, stage 1 cannot halve its 7x7 grid
+    odd = build_model(make_config("swin", img_size=56, patch_size=4, window_size=7, embed_dim=8, depths=(1, 1),
+                                  num_heads=(1, 1)))
+    assert odd.size_multiple() == 56
+    with pytest.raises(ValueError, match=r"^input 28x28: stage 0 grid 7x7 has an odd side, which patch merging "
+                                         r"cannot halve for stage 1; use a multiple of 56 per side \(e\.g\. 56x56\)$"):
+        odd(torch.randn(1, 3, 28, 28))
+    with pytest.raises(ValueError, match=r"input 31x32 is not divisible by the patch size 2 \(Swin's patch "
+                                         r"embedding takes non-overlapping 2x2 patches"):
+        model.patch_embed(torch.randn(1, 3, 31, 32))  # on its own too: the convolution would drop a row
+
+
+def test_other_input_size_equals_a_model_built_for_it():
+    """Masks built at forward time for the grid seen: the model built at 32 and run at 64 is the model built
+    at 64 (same weights; no window is clamped at either size), and masks stay out of the state dict."""
+    torch.manual_seed(0)
+    small = build_model(make_config("swin", **{**SMALL, "depths": (2, 2)})).eval()
+    large = build_model(make_config("swin", **{**SMALL, "depths": (2, 2), "img_size": 64})).eval()
+    large.load_state_dict(small.state_dict(), strict=True)
+    assert small.state_dict().keys() == large.state_dict().keys()
+    assert not any("attn_mask" in k for k in small.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), large(x), atol=1e-5, rtol=0)
+        small(torch.randn(1, 3, 32, 48))
+    block = small.layers[0].blocks[1]
+    assert block.shift == 2 and {k[:2] for k in block._masks} == {(32, 32), (16, 24)}  # cached per grid
+    assert block.attn_mask(32, 32, torch.device("cpu"), torch.float32) is block._masks[(32, 32, torch.device("cpu"),
+                                                                                       torch.float32)]
 
 
 def test_window_clamped_to_small_stage_as_timm():
-    """A window larger than a stage's grid shrinks to the grid, and that stage is not shifted (timm)."""
+    """A window larger than a stage's grid shrinks to the grid, and that stage is not shifted (timm); at other
+    input sizes the windows and shifts stay as built, and the size multiple counts the clamped windows."""
     config = make_config("swin", img_size=32, patch_size=8, window_size=7, embed_dim=16, depths=(1, 2),
                          num_heads=(1, 2))  # grids 4 and 2: one window each
     assert config.stage_windows() == [4, 2]
     model = build_model(config).eval()
-    assert model.layers[1].blocks[1].shift == 0 and model.layers[1].blocks[1].attn_mask is None
+    block = model.layers[1].blocks[1]
+    assert block.shift == 0 and block.attn_mask(2, 2, torch.device("cpu"), torch.float32) is None
     assert model.layers[1].blocks[0].attn.relative_position_bias_table.shape == (9, 2)
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 1000)
+    assert model.input_spec.size_multiple == model.size_multiple() == 32  # lcm(8 * 4, 16 * 2); config's: 112
+    with torch.no_grad():
+        maps = model.forward_intermediates(torch.randn(1, 3, 64, 96), intermediates_only=True)
+    assert [m.shape for m in maps] == [(1, 16, 8, 12), (1, 32, 4, 6)]
+    assert [b.window for s in model.layers for b in s.blocks] == [4, 2, 2] and not any(
+        b.shift for s in model.layers for b in s.blocks)
     with pytest.raises(ValueError, match="img_size 64 gives stage 0 a 16x16 grid, not a multiple of window_size 7"):
         make_config("swin", img_size=64, window_size=7, embed_dim=16, depths=(1, 2, 2), num_heads=(1, 2, 4))
 
@@ -136,7 +205,7 @@ def test_contract_intermediates_and_feature_info():
     modules = dict(model.named_modules())
     assert all(f.module in modules for f in model.feature_info)
     spec = model.input_spec
-    assert spec.img_size == (64, 64) and spec.fixed_size and spec.crop_pct == 0.9 and spec.size_multiple == 64
+    assert spec.img_size == (64, 64) and not spec.fixed_size and spec.crop_pct == 0.9 and spec.size_multiple == 64
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         final, maps = model.forward_intermediates(x)
@@ -147,6 +216,11 @@ def test_contract_intermediates_and_feature_info():
         torch.testing.assert_close(nhwc[0], final)
         assert model.forward_head(final, pre_logits=True).shape == (2, 64)
         assert model.num_features == 64 and model.num_classes == 3
+        other = torch.randn(1, 3, 128, 192)  # another multiple of 64: NCHW maps of the new grid
+        maps = model.forward_intermediates(other, intermediates_only=True)
+        assert [m.shape for m in maps] == [(1, f.num_chs, 128 // f.reduction, 192 // f.reduction)
+                                           for f in model.feature_info]
+        torch.testing.assert_close(maps[-1], model.layers(model.patch_embed(other)).permute(0, 3, 1, 2))
         taken = model.prune_intermediate_layers(indices=2)
         assert taken == [1, 2] and len(model.layers) == 3 and model.num_classes == 0
 

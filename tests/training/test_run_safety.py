@@ -29,17 +29,17 @@ def config(out: Path, **overrides) -> TrainConfig:
 
 
 def test_best_is_selected_on_val_and_test_is_evaluated_once_at_the_end(tmp_path, monkeypatch):
-    import vitkit.training.trainer as trainer
+    import vitkit.training.objectives.supervised as supervised
 
     seen = []  # number of images of every evaluation, in order
-    real = trainer.evaluate_classifier
+    real = supervised.evaluate_classifier
 
     def recording(*args, **kwargs):
         report = real(*args, **kwargs)
         seen.append(report.num_samples)
         return report
 
-    monkeypatch.setattr(trainer, "evaluate_classifier", recording)
+    monkeypatch.setattr(supervised, "evaluate_classifier", recording)
     summary = train(config(tmp_path / "run", epochs=3, ema_decay=0.9))
     val_size, test_size = 13, 32  # synthetic:128 holds out 10% of its training images; its test split is 32
     assert seen[:-2] == [val_size] * 6  # 3 epochs x (model, ema), on validation only

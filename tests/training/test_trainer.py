@@ -1,13 +1,10 @@
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from run_checks import assert_killed_run_resumes, assert_two_processes_match_one
 from safetensors.torch import load_file
 
 import vitkit
@@ -135,42 +132,9 @@ def _train_cmd(out: Path, *extra: str) -> list[str]:
             "--quiet", *extra]
 
 
-def _env(threads: int = 1) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": str(threads)}
-
-
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
-    reference = tmp_path / "uninterrupted"
-    subprocess.run(_train_cmd(reference), check=True, env=_env(), capture_output=True)
-
-    resumed = tmp_path / "resumed"
-    proc = subprocess.Popen(_train_cmd(resumed, "--ckpt-every", "3"), env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not list((resumed / "checkpoints").glob("step-*.pt")) and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (resumed / "final").exists(), "the run finished before it could be killed"
-    killed_at = sorted((resumed / "checkpoints").glob("step-*.pt"))[-1].name
-    assert killed_at != "step-00000024.pt"  # 3 epochs x 8 steps: killed mid-run
-    subprocess.run(_train_cmd(resumed, "--ckpt-every", "3", "--resume"), check=True, env=_env(), capture_output=True)
-
-    want = load_file(reference / "final" / "model.safetensors")
-    got = load_file(resumed / "final" / "model.safetensors")
-    for key in want:
-        torch.testing.assert_close(got[key], want[key], atol=1e-6, rtol=1e-5)
+    assert_killed_run_resumes(_train_cmd, tmp_path, last_checkpoint="step-00000024.pt")  # 3 epochs x 8 steps
 
 
 def test_two_processes_match_one(tmp_path):
-    one = tmp_path / "one"
-    subprocess.run(_train_cmd(one, "--set", "auto_augment=null", "--set", "epochs=1"), check=True, env=_env(2),
-                   capture_output=True)
-    two = tmp_path / "two"
-    result = subprocess.run(_train_cmd(two, "--set", "auto_augment=null", "--set", "epochs=1", "--nproc", "2"),
-                            env=_env(1), capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    want = load_file(one / "final" / "model.safetensors")
-    got = load_file(two / "final" / "model.safetensors")
-    for key in want:
-        torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=1e-4)
+    assert_two_processes_match_one(_train_cmd, tmp_path, "--set", "auto_augment=null", "--set", "epochs=1")

@@ -4,7 +4,6 @@ import dataclasses
 import os
 from pathlib import Path
 
-from ..models import model_config
 from .variants import PEERS, RUNTIMES, canonical_variant, needs_calibration, uses_onnxruntime
 
 
@@ -58,17 +57,29 @@ def _resolve_model(text: str, peers: list[str], notes: list[str]) -> ModelEntry:
     if path.is_dir():
         from ..weights import load
 
-        model = load(path, optimized=False)  # loads once here so that a broken checkpoint fails now
-        config, spec = model.config, (getattr(model, "metadata", None) or {}).get("optimize")
+        model = load(path)  # loads once here so that a broken checkpoint fails now
+        spec = (getattr(model, "metadata", None) or {}).get("optimize")
         name = path.name if path.name not in ("best", "final") else f"{path.parent.name}/{path.name}"
-        entry = ModelEntry(name, str(path.resolve()), True, config.img_size, config.in_chans, config.num_classes, spec)
+        entry = ModelEntry(name, str(path.resolve()), True, *_input_of(model), saved_spec=spec)
     elif os.sep in text or text.startswith("."):
         raise ValueError(f"model directory {text} does not exist")
     else:
-        config = model_config(text)
-        entry = ModelEntry(text, text, False, config.img_size, config.in_chans, config.num_classes)
-    entry.peer_keys = _peers_for(entry.name, config, peers, notes)
+        import torch
+
+        from ..models import create_model
+
+        with torch.device("meta"):  # the shapes only: no memory, no initialisation
+            model = create_model(text)
+        entry = ModelEntry(text, text, False, *_input_of(model))
+    entry.peer_keys = _peers_for(entry.name, model.config, peers, notes)
     return entry
+
+
+def _input_of(model) -> tuple[int, int, int]:
+    """(image side, channels, classes) the bench feeds and reads, from the model's `input_spec` (every family
+    has one; not every config has an img_size: ConvNeXt takes any size)."""
+    spec = model.input_spec
+    return spec.img_size[0], spec.in_chans, model.num_classes
 
 
 def _peers_for(name: str, config, peers: list[str], notes: list[str]) -> list[str]:
@@ -86,9 +97,9 @@ def _peers_for(name: str, config, peers: list[str], notes: list[str]) -> list[st
             continue
         try:
             if peer == "hf":
-                from ..weights.hf import hf_config_from
+                from ..weights.hf import transformers_config
 
-                hf_config_from(config)
+                transformers_config(config)
             else:
                 from ..weights.timm import timm_kwargs_from
 

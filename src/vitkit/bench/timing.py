@@ -22,7 +22,7 @@ def cpu_name() -> str:
 
 
 def machine_info(device: str = "cpu", threads: int | None = None) -> dict:
-    from .. import __version__
+    from .._version import __version__
 
     info = {
         "cpu": cpu_name(), "cores": os.cpu_count(), "threads": threads or torch.get_num_threads(),

@@ -85,14 +85,24 @@ def flop_variant(variant: str) -> str:
 
 
 class LogitsOnly(nn.Module):
-    """A transformers model called like a vitkit one: images in, logits out."""
+    """A transformers model called like a vitkit one: images in, what the equal vitkit model returns out.
+
+    That is the classifier's `logits`; CLIP's projected `image_embeds` (vitkit's head is the projection);
+    and for a feature tower (vitkit's num_classes=0, e.g. `Dinov2Model`, `SiglipVisionModel`, `ConvNextModel`,
+    `SwinModel`) the `pooler_output`, which is vitkit's pooled, pre-logits output."""
+
+    OUTPUTS = ("logits", "image_embeds", "pooler_output")  # the first one the output has
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=x).logits
+        out = self.model(pixel_values=x)
+        for name in self.OUTPUTS:
+            if getattr(out, name, None) is not None:
+                return getattr(out, name)
+        raise TypeError(f"{type(self.model).__name__} returned none of {', '.join(self.OUTPUTS)}")
 
 
 def build_peer(model: nn.Module, peer: str) -> nn.Module:

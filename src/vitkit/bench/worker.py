@@ -35,18 +35,18 @@ def error_text(err: BaseException) -> str:
 
 
 def load_base(job: dict) -> torch.nn.Module:
-    import vitkit
+    from ..weights import create_model, load
 
     torch.manual_seed(job.get("seed", 0))  # registry models: the same random weights in every process
     entry = job["model"]
     if entry["is_checkpoint"]:
-        model = vitkit.load(entry["source"], optimized=False)
+        model = load(entry["source"])
     else:
-        model = vitkit.create_model(entry["source"])
+        model = create_model(entry["source"])
     return model.eval().to(job["device"])
 
 
-PEER_TOLERANCE = 1e-3  # a peer further than this from vitkit's logits did not get the same weights
+PEER_TOLERANCE = 1e-3  # a peer further than this from vitkit's output did not get the same weights
 
 
 CALIBRATION_IMAGES = 1024  # onnx-int8-static: training images its activation ranges are fixed from
@@ -54,7 +54,8 @@ CALIBRATION_IMAGES = 1024  # onnx-int8-static: training images its activation ra
 
 def build(base, key: str, example, job: dict):
     """`key` is a variant ('none', 'tome:r=8,int8', 'onnx') or 'peer:hf' / 'peer:timm'. A peer is checked
-    against vitkit's own output on `example`: the comparison is only fair with the same weights."""
+    against vitkit's own output on `example` (logits, or a feature tower's pooled features: whatever the
+    model returns, of any family): the comparison is only fair with the same weights."""
     if not key.startswith("peer:"):
         if needs_calibration(key) and job.get("data") and "calibration" not in job:
             from ..efficiency.onnx_export import calibration_batches
@@ -63,9 +64,13 @@ def build(base, key: str, example, job: dict):
         return build_variant(base, key, example, Path(job["workdir"]) / "onnx", job.get("calibration"))
     peer = build_peer(base, key.removeprefix("peer:")).to(job["device"])
     with torch.inference_mode():
-        diff = (peer(example).float() - base(example).float()).abs().max().item()
+        theirs, ours = peer(example), base(example)
+    if theirs.shape != ours.shape:
+        raise ValueError(f"{key} returns shape {tuple(theirs.shape)} where vitkit returns {tuple(ours.shape)}: it is "
+                         "not the same model, so it is not compared")
+    diff = (theirs.float() - ours.float()).abs().max().item()
     if not diff <= PEER_TOLERANCE:
-        raise ValueError(f"{key} logits differ from vitkit's by {diff:.3g} on the same input: the weights did not "
+        raise ValueError(f"{key} outputs differ from vitkit's by {diff:.3g} on the same input: the weights did not "
                          "map onto the peer, so it is not compared")
     return peer
 
@@ -200,9 +205,9 @@ def count_cost(job: dict, base, modules: dict, results: dict) -> None:
 
 def evaluate(job: dict, base, modules: dict, results: dict) -> None:
     from ..data import build_dataset
+    from ..data.batches import eval_batches
     from ..data.transforms import saved_model_eval_transform
     from ..evaluation.classification import evaluate_classifier
-    from ..training.data_stream import eval_batches
 
     try:
         dataset = build_dataset(job["data"], "test")
@@ -214,7 +219,8 @@ def evaluate(job: dict, base, modules: dict, results: dict) -> None:
     info = dataset.info
     if job.get("eval_limit") and job["eval_limit"] < len(dataset):
         dataset = torch.utils.data.Subset(dataset, range(job["eval_limit"]))  # the first N: the same for all
-    transform = saved_model_eval_transform(base.input_spec, getattr(base, "metadata", None) or {}, info.mean, info.std)
+    transform = saved_model_eval_transform(base.input_spec, getattr(base, "metadata", None) or {}, info.mean, info.std,
+                                           getattr(base, "pretrained_cfg", None))
     for key, module in modules.items():
         try:
             with torch.inference_mode():

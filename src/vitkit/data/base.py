@@ -128,3 +128,27 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int,
     train = [m[n:] for m, n in zip(members, counts, strict=True)]
     test = [m[:n] for m, n in zip(members, counts, strict=True)]
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def label_subset(targets: torch.Tensor | np.ndarray, per_class: int | None = None, fraction: float | None = None,
+                 seed: int = 0, source: str = "the training split") -> np.ndarray:
+    """Sorted indices of a fixed, seeded subset of labelled images for label-efficiency runs: `per_class`
+    images of every class, or a stratified `fraction` of all of them. The same `seed` gives the same images
+    whatever the run's training seed."""
+    labels = np.asarray(targets)
+    if (per_class is None) == (fraction is None):
+        raise ValueError("give exactly one of labels_per_class and label_fraction")
+    if fraction is not None:
+        if not 0 < fraction <= 1:
+            raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
+        count = max(1, round(len(labels) * fraction))
+        return np.arange(len(labels)) if count >= len(labels) else stratified_split(labels, fraction, seed, count)[1]
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if len(members) < per_class:
+            raise ValueError(f"labels_per_class={per_class}, but class {label} has only {len(members)} images in "
+                             f"{source}; expected at most {len(members)}")
+        chosen.append(rng.permutation(members)[:per_class])
+    return np.sort(np.concatenate(chosen))

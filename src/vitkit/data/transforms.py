@@ -123,17 +123,21 @@ def eval_transform(
     return normalize(center_crop(resized, size), mean, std)
 
 
-def saved_model_eval_transform(spec, meta: dict, fallback_mean=None, fallback_std=None):
-    """The eval transform a saved model was trained with: its input size (`spec`, the model's
-    InputSpec), and the mean, std and crop_pct its training run recorded in the metadata (else the
-    fallbacks, else 0.5). Values that cannot work (std <= 0, crop_pct outside (0, 1], one mean per
-    channel missing) are a ValueError."""
+def saved_model_eval_transform(spec, meta: dict, fallback_mean=None, fallback_std=None, pretrained: dict | None = None):
+    """The eval transform of a saved model: its input size (`spec`, the model's InputSpec), and the mean, std
+    and crop_pct its training run recorded in the metadata; else those of its weights' `pretrained` cfg (a
+    registered name's, or a Hugging Face preprocessor_config.json's); else the fallbacks (the dataset's),
+    else 0.5 and no crop. Values that cannot work (std <= 0, crop_pct outside (0, 1], one mean per channel
+    missing) are a ValueError."""
     from ..weights.loading import check_metadata
 
     check_metadata(meta, "saved model metadata (config.json)", in_chans=spec.in_chans)
-    mean = meta.get("mean") or fallback_mean or (0.5,) * spec.in_chans
-    std = meta.get("std") or fallback_std or (0.5,) * spec.in_chans
-    crop_pct = 1.0 if meta.get("crop_pct") is None else meta["crop_pct"]
+    pretrained = pretrained or {}
+    mean = meta.get("mean") or pretrained.get("mean") or fallback_mean or (0.5,) * spec.in_chans
+    std = meta.get("std") or pretrained.get("std") or fallback_std or (0.5,) * spec.in_chans
+    if len(mean) != spec.in_chans:  # weights made for RGB, a model refitted to gray: one mean per channel
+        mean, std = (sum(mean) / len(mean),) * spec.in_chans, (sum(std) / len(std),) * spec.in_chans
+    crop_pct = meta.get("crop_pct") if meta.get("crop_pct") is not None else pretrained.get("crop_pct", 1.0)
     size = spec.img_size[0]  # square inputs: every family's named configs are square
     return lambda images: eval_transform(images, size, crop_pct, mean, std)
 

@@ -9,35 +9,38 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .reducer import reduces_tokens
+from .adapters import find_token_adapter
+from .finite_rows import unwrap
 
 
 def token_groups(model: nn.Module, image: torch.Tensor) -> np.ndarray:
-    """(grid, grid) int array: for each patch, the index of the final token that holds it."""
-    if not reduces_tokens(model):
+    """(rows, cols) int array over the patch grid: for each patch, the index of the final token that holds it."""
+    net = unwrap(model)
+    adapter = find_token_adapter(net)
+    state = adapter.state(net) if adapter is not None else None
+    if state is None:
         raise ValueError("merge maps need a model optimized with tome (or evit)")
-    state = model.token_state
     tracing, state.trace_source = state.trace_source, True
     try:
         with torch.no_grad():
-            model.forward_features(image[None])
+            net.forward_features(image[None])
         source = state.source
     finally:
         state.trace_source = tracing
-    grid = model.patch_embed.grid_size
-    prefix = model.num_prefix_tokens
+    rows, cols = adapter.patch_grid(net)
+    prefix = adapter.num_prefix_tokens(net)
     if source is None:  # nothing was merged
-        return np.arange(grid * grid).reshape(grid, grid)
+        return np.arange(rows * cols).reshape(rows, cols)
     patches = source[0, prefix:, prefix:].float()  # (remaining patch tokens, original patches)
-    return patches.argmax(dim=0).reshape(grid, grid).cpu().numpy()
+    return patches.argmax(dim=0).reshape(rows, cols).cpu().numpy()
 
 
 def render_merge_map(image: np.ndarray, groups: np.ndarray, scale: int = 8) -> np.ndarray:
     """`image` (H, W, 3) uint8 -> (H*scale, W*scale, 3) with each group flat-coloured and outlined."""
     h, w = image.shape[:2]
-    grid = groups.shape[0]
-    rows = np.minimum(np.arange(h) * grid // h, grid - 1)
-    cols = np.minimum(np.arange(w) * grid // w, grid - 1)
+    grid_h, grid_w = groups.shape
+    rows = np.minimum(np.arange(h) * grid_h // h, grid_h - 1)
+    cols = np.minimum(np.arange(w) * grid_w // w, grid_w - 1)
     pixel_group = groups[rows[:, None], cols[None, :]]
     out = image.astype(np.float32).copy()
     for g in np.unique(pixel_group):

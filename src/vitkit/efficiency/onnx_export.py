@@ -129,14 +129,14 @@ def calibration_batches(model: nn.Module, data: str, count: int, batch_size: int
     """The first `count` images of `data`'s training split, transformed as `model` is evaluated: what static
     int8 calibrates on (never the test split it is then measured on)."""
     from ..data import build_dataset
+    from ..data.batches import eval_batches
     from ..data.transforms import saved_model_eval_transform
-    from ..training.data_stream import eval_batches
 
     if count <= 0:
         raise ValueError(f"calibration needs at least one image; got count={count}")
     dataset = build_dataset(data, "train")
     transform = saved_model_eval_transform(model.input_spec, getattr(model, "metadata", None) or {},
-                                           dataset.info.mean, dataset.info.std)
+                                           dataset.info.mean, dataset.info.std, getattr(model, "pretrained_cfg", None))
     batches, seen = [], 0
     for images, _ in eval_batches(dataset, transform, batch_size):
         batches.append(images[:count - seen])

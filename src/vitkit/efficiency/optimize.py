@@ -6,10 +6,11 @@ import torch
 from torch import nn
 
 from ..models._protocol import input_spec_of
+from .adapters import token_adapter
 from .compile import compile_model
 from .finite_rows import FiniteRows
 from .precision import quantize_int8, to_bf16
-from .reducer import apply_evit, apply_tome, is_plain_vit
+from .reducer import apply_evit, apply_tome
 from .spec import SpecItem, parse_spec
 
 # Token reduction changes the graph, precision changes the weights, compile sees the final model.
@@ -58,11 +59,8 @@ def optimize(model: nn.Module, spec: "str | list[SpecItem] | None", example: tor
 def check_model_takes(model: nn.Module, items: list[SpecItem]) -> None:
     """Refuse, with the reason, a spec item this kind of model cannot take."""
     token_items = [i.name for i in items if i.name in ("tome", "evit")]
-    if token_items and not is_plain_vit(model):
-        raise ValueError(
-            f"{'/'.join(token_items)} needs a plain ViT whose blocks all see one token sequence; "
-            f"{type(model).__name__} is not one (hierarchical models change the token grid between stages)"
-        )
+    if token_items:
+        token_adapter(model, "/".join(token_items))  # models without a token-sequence adapter are refused
 
 
 def example_input(model: nn.Module, batch: int = 2) -> torch.Tensor:

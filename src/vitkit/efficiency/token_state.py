@@ -1,9 +1,10 @@
 """What token merging and pruning remember across the blocks of one forward pass.
 
 After merging, each remaining token stands for `size` original tokens and holds the originals marked
-in `source`. Both start fresh at every forward: the model's `embed()` resets them (a plain call rather than a hook,
-so that torch.compile traces it), and `forward`, `forward_features` and `forward_intermediates` all
-work without wrapping the model."""
+in `source`. Both start fresh at every pass through the blocks: the model family's adapter resets them
+(`efficiency/adapters/`; for ViT, a plain call in the first block rather than a hook, so that
+torch.compile traces it), and `forward`, `forward_features` and `forward_intermediates` all work
+without wrapping the model."""
 
 import torch
 

@@ -3,27 +3,51 @@
 Fused kernels never materialise the attention matrix, which is why attention hooks stop working in
 timm once SDPA is on. Here each attention module computes the probabilities beside the fused call
 while a capture is active; outputs are unchanged and nothing is paid outside the `with` block.
+
+The capability is an attribute: any module with an `on_attention` attribute (None when nobody listens)
+calls it with its probabilities. Shapes differ per family:
+
+- ViT family (`vitkit.layers.Attention`): (B, heads, N, N) over the whole token sequence.
+- Swin (`WindowAttention`): (B, num_windows, heads, N, N) with N = window * window, per window; in shifted
+  blocks the windows are those of the cyclically shifted grid (see `vitkit.models.swin.model`).
+- ConvNeXt and other attention-free models: nothing to capture (Grad-CAM-style attributions instead).
 """
 
+import re
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from ..layers import Attention
+
+def attention_modules(model: nn.Module) -> list[nn.Module]:
+    """Every submodule that declares the attention-map capability (an `on_attention` attribute)."""
+    return [m for m in model.modules() if hasattr(m, "on_attention")]
+
+
+def _no_attention_error(model: nn.Module) -> ValueError:
+    """Points an attention-free model to what does work on it: gradients on its feature maps."""
+    info = getattr(model, "feature_info", None)
+    layer = "the last stage"
+    if info:
+        layer = "model." + re.sub(r"\.(\d+)", r"[\1]", info[-1].module)
+    return ValueError(f"{type(model).__name__} has no attention modules to capture (none declares `on_attention`); "
+                      f"use Grad-CAM-style attributions on the feature maps forward_intermediates returns instead, "
+                      f"e.g. pytorch-grad-cam with target_layers=[{layer}]")
 
 
 @contextmanager
 def capture_attention(model: nn.Module):
-    """Yield a list that fills with one (B, heads, N, N) tensor per attention module call, in order.
+    """Yield a list that fills with one probability tensor per attention module call, in call order
+    (shapes per family in the module docstring).
 
         with vitkit.capture_attention(model) as maps:
             model(images)
-        maps[-1][:, :, 0, model.num_prefix_tokens:]   # class-token attention of the last block
+        maps[-1][:, :, 0, model.num_prefix_tokens:]   # ViT: class-token attention of the last block
     """
-    modules = [m for m in model.modules() if isinstance(m, Attention)]
+    modules = attention_modules(model)
     if not modules:
-        raise ValueError(f"{type(model).__name__} has no vitkit attention modules to capture")
+        raise _no_attention_error(model)
     maps: list[torch.Tensor] = []
     for module in modules:
         module.on_attention = maps.append
@@ -34,14 +58,29 @@ def capture_attention(model: nn.Module):
             module.on_attention = None
 
 
+def _check_rollout_maps(maps: list[torch.Tensor]) -> None:
+    """Rollout multiplies layer maps, so all must be (B, heads, N, N) over one and the same token sequence."""
+    if not maps:
+        raise ValueError("no attention maps given; capture them with capture_attention(model)")
+    if any(m.ndim == 5 for m in maps):
+        raise ValueError("attention_rollout needs (B, heads, N, N) maps over one token sequence, got 5-d "
+                         "(B, windows, heads, N, N) per-window maps (Swin): windows, shifted every other block, "
+                         "do not compose into a rollout; inspect the per-window maps or use Grad-CAM instead")
+    shapes = {tuple(m.shape[-2:]) for m in maps}
+    if any(m.ndim != 4 for m in maps) or len(shapes) != 1 or any(h != w for h, w in shapes):
+        raise ValueError(f"attention_rollout needs (B, heads, N, N) maps with one N for all layers, got shapes "
+                         f"{sorted({tuple(m.shape) for m in maps})}")
+
+
 def attention_rollout(maps: list[torch.Tensor], head_fusion: str = "mean") -> torch.Tensor:
     """Attention rollout (Abnar & Zuidema, 2020): product of per-layer attention with the residual
-    folded in. Returns (B, N, N); row 0 is the class token's attribution over all tokens."""
+    folded in. Returns (B, N, N); row 0 is the class token's attribution over all tokens.
+
+    Only for maps over one token sequence (ViT family); Swin's per-window maps are refused."""
     fuse = {"mean": lambda a: a.mean(1), "max": lambda a: a.amax(1), "min": lambda a: a.amin(1)}
     if head_fusion not in fuse:
         raise ValueError(f"head_fusion must be one of {sorted(fuse)}, got {head_fusion!r}")
-    if not maps:
-        raise ValueError("no attention maps given; capture them with capture_attention(model)")
+    _check_rollout_maps(maps)
     rollout = None
     for attn in maps:
         a = fuse[head_fusion](attn.float())

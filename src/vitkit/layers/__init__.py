@@ -1,6 +1,6 @@
 """Building blocks shared by vitkit's models, one small module each."""
 
-from .activations import QuickGELU
+from .activations import ACT_LAYERS, QuickGELU
 from .attention import Attention
 from .attention_pool import AttentionPoolLatent
 from .block import Block
@@ -13,7 +13,7 @@ from .pooling import POOL_TYPES, pool_tokens
 from .pos_embed import resample_abs_pos_embed
 
 __all__ = [
-    "Attention", "AttentionPoolLatent", "Block", "GluMlp", "QuickGELU", "SwiGLUPacked",
+    "ACT_LAYERS", "Attention", "AttentionPoolLatent", "Block", "GluMlp", "QuickGELU", "SwiGLUPacked",
     "ConvStem", "DropPath", "drop_path", "LayerScale", "Mlp", "PatchEmbed",
     "POOL_TYPES", "pool_tokens", "resample_abs_pos_embed",
 ]

@@ -1,10 +1,4 @@
-"""Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
-
-`token_reducer`, when set, runs the attention half itself and may return fewer tokens for the MLP
-half: that is where token merging (ToMe) and pruning (EViT) act (see `vitkit.efficiency`).
-"""
-
-from collections.abc import Callable
+"""Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
 import torch
 from torch import nn
@@ -40,11 +34,7 @@ class Block(nn.Module):
         self.mlp = mlp_layer(dim, int(dim * mlp_ratio), act_layer, proj_drop)
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.token_reducer: Callable[[Block, torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
-        if self.token_reducer is None:
-            x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_bias)))
-        else:
-            x = self.token_reducer(self, x, attn_bias)
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_bias)))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))

@@ -1,29 +1,35 @@
-"""Model families and the registry that names them."""
+"""Model families and the registry that names them. Each family lives in its own folder and registers
+itself (`Family`): its config and model classes, named configs and weight converters."""
 
 from . import (
-    convnext,  # noqa: F401  (registers ConvNeXt)
-    swin,  # noqa: F401  (registers Swin)
-    vit_configs,  # noqa: F401  (registers the named configs)
-    vit_hf_foundation,  # noqa: F401  (registers the Hugging Face DINOv2 converter)
+    convnext,  # noqa: F401  (registers ConvNeXt V1/V2)
+    swin,  # noqa: F401  (registers Swin V1)
+    vit,  # noqa: F401  (registers ViT, DeiT, DINOv2, CLIP and SigLIP towers)
 )
+from ._protocol import Backbone, FeatureInfo, InputSpec, TokenSequence, input_spec_of
 from .registry import (
+    Family,
     build_model,
     config_from_dict,
     config_to_dict,
     create_model,
+    families,
+    family_named,
+    family_of,
     hf_converter,
     hf_model_types,
     list_models,
     make_config,
     model_config,
-    register_architecture,
-    register_hf_converter,
+    pretrained_cfg,
+    register_family,
     register_model,
 )
 from .vit import VisionTransformer, ViTConfig
 
 __all__ = [
-    "build_model", "config_from_dict", "config_to_dict", "create_model", "list_models", "make_config", "model_config",
-    "hf_converter", "hf_model_types", "register_architecture", "register_hf_converter", "register_model",
-    "VisionTransformer", "ViTConfig",
+    "Backbone", "Family", "FeatureInfo", "InputSpec", "TokenSequence", "build_model", "config_from_dict",
+    "config_to_dict", "create_model", "families", "family_named", "family_of", "hf_converter", "hf_model_types",
+    "input_spec_of", "list_models", "make_config", "model_config", "pretrained_cfg", "register_family",
+    "register_model", "VisionTransformer", "ViTConfig",
 ]

@@ -1,7 +1,9 @@
-"""Helpers every family's model API shares: which blocks or stages `forward_intermediates` takes, and
-fitting a checkpoint's first convolution to another input channel count."""
+"""Helpers every family's model API shares: which blocks or stages `forward_intermediates` takes,
+fitting a checkpoint's first convolution to another input channel count, and the stage-level model API
+of the hierarchical families (ConvNeXt, Swin)."""
 
 import torch
+from torch import nn
 
 
 def take_indices(num_blocks: int, indices: int | list[int] | tuple[int, ...] | None) -> tuple[set[int], int]:
@@ -33,3 +35,46 @@ def adapt_stem_channels(state_dict: dict[str, torch.Tensor], key: str, weight: t
     proj = state_dict.get(key)
     if proj is not None and proj.ndim == 4 and proj.shape[1] != weight.shape[1] and proj.shape[2:] == weight.shape[2:]:
         state_dict[key] = adapt_input_channels(proj, weight.shape[1])
+
+
+class StagedModelMixin:
+    """timm's model API for the hierarchical families (ConvNeXt, Swin), written once.
+
+    Both keep their stages in one `nn.Sequential` and a norm after the last stage, and differ only in
+    attribute names (`stages_attr`, `final_norm_attr`) and in how their head is rebuilt (`_reset_head`,
+    which must validate `global_pool` before anything changes, so a refused pool leaves the model as it was).
+    The class must also define `config` (with `num_classes`, `global_pool`) and a `head` with an `fc`."""
+
+    stages_attr: str = "stages"
+    final_norm_attr: str = "norm"
+
+    def _reset_head(self, num_classes: int, global_pool: str | None) -> None:
+        raise NotImplementedError
+
+    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last one `indices` needs (and the final norm / head) to save compute;
+        returns the stage indices `forward_intermediates` will give."""
+        stages = getattr(self, self.stages_attr)
+        take, last = take_indices(len(stages), indices)
+        setattr(self, self.stages_attr, stages[: last + 1])
+        if prune_norm:
+            setattr(self, self.final_norm_attr, nn.Identity())
+        if prune_head:
+            self.reset_classifier(0, "")
+        return sorted(take)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new head for `num_classes` (0: no linear layer), optionally with another pooling; the config
+        follows, so a saved model rebuilds with the new head."""
+        self._reset_head(num_classes, global_pool)
+        if global_pool is not None:
+            self.config.global_pool = global_pool
+        self.num_classes = self.config.num_classes = num_classes
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them (training only)."""
+        for stage in getattr(self, self.stages_attr):
+            stage.grad_checkpointing = enable

@@ -5,7 +5,7 @@ Method names and signatures are timm's, so a timm user knows them. Families impl
 model class; `tests/contract/` checks every registered model against this file.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -90,6 +90,8 @@ class TokenSequence(Backbone, Protocol):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor: ...
 
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor: ...
+
 
 def input_spec_of(model: nn.Module) -> InputSpec:
     """The model's InputSpec, with a clear error for a model that does not implement the contract."""
@@ -97,3 +99,15 @@ def input_spec_of(model: nn.Module) -> InputSpec:
     if not isinstance(spec, InputSpec):
         raise TypeError(f"{type(model).__name__} does not declare an input_spec (vitkit's backbone contract)")
     return spec
+
+
+def with_pretrained_cfg(spec: InputSpec, model: nn.Module) -> InputSpec:
+    """`spec` (a family's defaults) with the mean / std / crop_pct / interpolation of the model's weights:
+    `model.pretrained_cfg`, set by `create_model` from the registered name or read from a checkpoint."""
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    for key in ("mean", "std"):
+        if key in cfg:
+            cfg[key] = tuple(cfg[key])
+            if len(cfg[key]) != spec.in_chans:  # RGB weights refitted to another channel count
+                cfg[key] = (sum(cfg[key]) / len(cfg[key]),) * spec.in_chans
+    return replace(spec, **cfg)

@@ -3,42 +3,116 @@
 import dataclasses
 import difflib
 import fnmatch
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-_ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {}  # architecture -> (config class, model class)
-_MODELS: dict[str, tuple[str, dict[str, Any]]] = {}  # model name -> (architecture, config kwargs)
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """What a model family registers (from its own folder, `models/<family>/__init__.py`), so that `weights/`,
+    `bench/` and the CLI dispatch to it instead of knowing its fields.
+
+    Args:
+        name: the architecture name saved in config.json ("vit", "swin", "convnext").
+        config_cls, model_cls: the constructor-argument dataclass and the nn.Module built from it.
+        from_hf: Hugging Face `model_type` -> converter(hf_config: dict, hf_state_dict) -> (config, vitkit-keyed
+            state dict), for `save_pretrained` directories.
+        transformers_peer: config -> (transformers class name, HF config dict, state-dict converter) of the
+            transformers model equal to this one, or a ValueError saying why none is (the bench peer).
+        timm_classes: timm class name -> config overrides, for `vitkit.from_timm(class, kwargs)`.
+        timm_peer: config -> (timm module path, class name, constructor kwargs, build-only kwargs such as a
+            norm layer object) of the equal timm model, or a ValueError (the bench peer; timm's names are this
+            model's, so weights load as they are).
+        config_limits: integer argument -> (low, high), checked on untrusted config.json files before anything
+            is built (one value, or one per stage).
+        check_config: more checks of an untrusted config dict (e.g. the token count), raising ValueError.
+    """
+
+    name: str
+    config_cls: type
+    model_cls: type[nn.Module]
+    from_hf: dict[str, Callable] = dataclasses.field(default_factory=dict)
+    transformers_peer: Callable | None = None
+    timm_classes: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    timm_peer: Callable | None = None
+    config_limits: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    check_config: Callable[[dict, str], None] | None = None
 
 
-def register_architecture(name: str, config_cls: type, model_cls: type[nn.Module]) -> None:
-    _ARCHITECTURES[name] = (config_cls, model_cls)
+_FAMILIES: dict[str, Family] = {}  # architecture name -> family
+_MODELS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {}  # name -> (architecture, kwargs, pretrained cfg)
 
 
-# Hugging Face model_type -> function(hf_config: dict, hf_state_dict) -> (vitkit config, vitkit-keyed state dict).
-# Each family registers its own converter next to its model (models/<family>/convert.py); ViT and DeiT are
-# converted by weights/hf.py.
-_HF_CONVERTERS: dict[str, Any] = {}
+def register_family(family: Family) -> None:
+    if family.name in _FAMILIES:
+        raise ValueError(f"model family {family.name!r} is registered twice")
+    taken = {t for f in _FAMILIES.values() for t in f.from_hf}
+    if taken & set(family.from_hf):
+        raise ValueError(f"Hugging Face model_type(s) {sorted(taken & set(family.from_hf))} already have a family")
+    _FAMILIES[family.name] = family
 
 
-def register_hf_converter(model_types: tuple[str, ...], convert) -> None:
-    for model_type in model_types:
-        _HF_CONVERTERS[model_type] = convert
+def families() -> list[Family]:
+    return list(_FAMILIES.values())
+
+
+def family_of(config_or_model) -> Family:
+    """The family a config (or a model, through its `.config`) belongs to."""
+    config = getattr(config_or_model, "config", config_or_model)
+    for family in _FAMILIES.values():
+        if type(config) is family.config_cls:
+            return family
+    raise TypeError(f"no model family is registered for config type {type(config).__name__}")
+
+
+def family_named(name: str) -> Family:
+    if name not in _FAMILIES:
+        raise ValueError(f"unknown architecture {name!r}; known: {sorted(_FAMILIES)}")
+    return _FAMILIES[name]
 
 
 def hf_converter(model_type: str):
-    """The registered converter for a Hugging Face `model_type`, or None."""
-    return _HF_CONVERTERS.get(model_type)
+    """The converter some family registered for a Hugging Face `model_type`, or None."""
+    return next((f.from_hf[model_type] for f in _FAMILIES.values() if model_type in f.from_hf), None)
 
 
 def hf_model_types() -> list[str]:
-    return sorted(_HF_CONVERTERS)
+    return sorted(t for f in _FAMILIES.values() for t in f.from_hf)
 
 
-def register_model(name: str, architecture: str, **config_kwargs) -> None:
+def square_sizes(kwargs: dict[str, Any], names: tuple[str, ...], family: str) -> dict[str, Any]:
+    """timm's arguments with (h, w) sizes as one side: vitkit's families build square grids and windows."""
+    kwargs = dict(kwargs)
+    for name in names:
+        if isinstance(kwargs.get(name), list | tuple):
+            h, w = kwargs[name]
+            if h != w:
+                raise ValueError(f"vitkit's {family} supports a square {name} only, got {kwargs[name]}")
+            kwargs[name] = h
+    return kwargs
+
+
+def register_model(name: str, architecture: str, *, pretrained_cfg: dict[str, Any] | None = None,
+                   **config_kwargs) -> None:
+    """Name a config of `architecture`. `pretrained_cfg` holds what timm keeps beside the architecture for a
+    named model's weights: mean, std, crop_pct, interpolation (the model's `input_spec` reports them)."""
     if name in _MODELS:
         raise ValueError(f"model {name!r} is registered twice")
-    _MODELS[name] = (architecture, config_kwargs)
+    unknown = set(pretrained_cfg or {}) - set(PRETRAINED_CFG_KEYS)
+    if unknown:
+        raise ValueError(f"model {name!r}: pretrained_cfg keys {sorted(unknown)}; valid: {PRETRAINED_CFG_KEYS}")
+    _MODELS[name] = (architecture, config_kwargs, dict(pretrained_cfg or {}))
+
+
+PRETRAINED_CFG_KEYS = ("mean", "std", "crop_pct", "interpolation")
+
+
+def pretrained_cfg(name: str) -> dict[str, Any]:
+    """The named model's input normalisation and eval crop (empty: the family's defaults)."""
+    model_architecture(name)
+    return dict(_MODELS[name][2])
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -55,9 +129,7 @@ def model_architecture(name: str) -> str:
 
 def make_config(architecture: str, **kwargs):
     """Build an architecture's config, naming unknown arguments and the valid ones."""
-    if architecture not in _ARCHITECTURES:
-        raise ValueError(f"unknown architecture {architecture!r}; known: {sorted(_ARCHITECTURES)}")
-    config_cls = _ARCHITECTURES[architecture][0]
+    config_cls = family_named(architecture).config_cls
     valid = [f.name for f in dataclasses.fields(config_cls)]
     unknown = [k for k in kwargs if k not in valid]
     if unknown:
@@ -67,15 +139,11 @@ def make_config(architecture: str, **kwargs):
 
 
 def build_model(config) -> nn.Module:
-    for config_cls, model_cls in _ARCHITECTURES.values():
-        if type(config) is config_cls:
-            return model_cls(config)
-    raise TypeError(f"no architecture is registered for config type {type(config).__name__}")
+    return family_of(config).model_cls(config)
 
 
 def config_to_dict(config) -> dict[str, Any]:
-    architecture = next(a for a, (cls, _) in _ARCHITECTURES.items() if type(config) is cls)
-    return {"architecture": architecture, **dataclasses.asdict(config)}
+    return {"architecture": family_of(config).name, **dataclasses.asdict(config)}
 
 
 def config_from_dict(data: dict[str, Any]):
@@ -91,28 +159,13 @@ def model_config(name: str, **overrides):
     return make_config(model_architecture(name), **{**_MODELS[name][1], **overrides})
 
 
-def create_model(
-    name: str,
-    *,
-    num_classes: int | None = None,
-    img_size: int | None = None,
-    in_chans: int | None = None,
-    drop_path_rate: float | None = None,
-    checkpoint: str | None = None,
-    strict: bool = True,
-    **overrides,
-) -> nn.Module:
-    """Build a registered model; `overrides` use timm's constructor argument names.
-
-    `checkpoint` may be a vitkit directory, a Hugging Face `save_pretrained` directory, or a
-    timm/vitkit-keyed `.safetensors` / `.pth` file. Position embeddings are resampled and
-    input channels adapted when the checkpoint was made for another size.
-    """
+def create_model(name: str, *, num_classes: int | None = None, img_size: int | None = None,
+                 in_chans: int | None = None, drop_path_rate: float | None = None, **overrides) -> nn.Module:
+    """Build a registered model with random weights; `overrides` use timm's constructor argument names, and
+    an argument the family does not take is named with the valid ones. (`vitkit.create_model` also takes
+    `checkpoint=`: weights live a package above models.)"""
     named = {"num_classes": num_classes, "img_size": img_size, "in_chans": in_chans, "drop_path_rate": drop_path_rate}
     model = build_model(model_config(name, **{k: v for k, v in named.items() if v is not None}, **overrides))
     model.model_name = name
-    if checkpoint is not None:
-        from ..weights import load_checkpoint
-
-        load_checkpoint(model, checkpoint, strict=strict)
+    model.pretrained_cfg = pretrained_cfg(name)
     return model

@@ -13,18 +13,28 @@ import yaml
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 SDPA_BACKENDS = ("MATH", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION")
+OBJECTIVES = ("supervised", "mae", "dino")
 
 
 @dataclass
 class TrainConfig:
     model: str = "vit_pico_patch2_8"
     data: str = "digits"
+    # what is optimised: supervised (labels; the default) or a self-supervised objective (mae, dino) whose
+    # options (`objective_args`) the objective checks; see vitkit.training.objectives
+    objective: str = "supervised"
+    objective_args: dict[str, Any] = field(default_factory=dict)
     # images of the training split held out for validation (selects best/): a count, a fraction in
     # (0, 1), or 0 to train on everything and keep the final model; None: the dataset's default
     val_split: float | int | None = None
     output: str = "runs/digits"
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # timm-named overrides, e.g. {embed_dim: 96}
     init_checkpoint: str | None = None  # start from these weights (fine-tuning); head refit when classes differ
+    # train on a fixed, seeded subset of the labels (label-efficiency runs): N images per class, or a
+    # stratified fraction; the subset depends on label_seed only, not on the training seed
+    labels_per_class: int | None = None
+    label_fraction: float | None = None
+    label_seed: int = 0
     img_size: int | None = None  # model input size; default: the model's
     epochs: int = 100
     batch_size: int = 128  # global images per optimizer step, across processes and accumulation
@@ -107,6 +117,16 @@ class TrainConfig:
             problems.append(f"val_split must be a count of images, a fraction in (0, 1) or 0, got {self.val_split}")
         if isinstance(self.amp, str) and self.amp != "auto":
             problems.append(f"amp must be true, false or 'auto', got {self.amp!r}")
+        if self.labels_per_class is not None and self.label_fraction is not None:
+            problems.append("give labels_per_class or label_fraction, not both")
+        if self.labels_per_class is not None and self.labels_per_class < 1:
+            problems.append(f"labels_per_class must be >= 1, got {self.labels_per_class}")
+        if self.label_fraction is not None and not 0 < self.label_fraction <= 1:
+            problems.append(f"label_fraction must be in (0, 1], got {self.label_fraction}")
+        if self.objective not in OBJECTIVES:
+            problems.append(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        elif self.objective != "supervised" and self.distill != "none":
+            problems.append(f"distill={self.distill!r} is a supervised option; objective {self.objective!r} has none")
         if self.distill not in ("none", "hard", "soft"):
             problems.append(f"distill must be 'none', 'hard' or 'soft', got {self.distill!r}")
         if self.distill != "none" and not self.teacher:

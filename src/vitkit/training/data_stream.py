@@ -6,7 +6,8 @@ the same generator and keeps its own slice, so 1 and N processes see identical i
 """
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+
+from ..data.batches import eval_batches, iterate_batches  # noqa: F401  (the trainer's data path, in one place)
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
@@ -21,26 +22,3 @@ def batch_indices(order: torch.Tensor, batch_size: int, first_step: int) -> list
     """Full batches only: a smaller last batch would change the gradient scale and the schedule."""
     steps = len(order) // batch_size
     return [order[s * batch_size:(s + 1) * batch_size] for s in range(first_step, steps)]
-
-
-def _stack(items):
-    images, labels = zip(*items, strict=True)
-    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
-
-
-def iterate_batches(dataset: Dataset, batches: list[torch.Tensor], workers: int = 0):
-    """uint8 image batches and labels; in-memory datasets are sliced, others decoded (in worker processes)."""
-    if hasattr(dataset, "images"):
-        for idx in batches:
-            yield dataset.images[idx], dataset.targets[idx]
-        return
-    loader = DataLoader(dataset, batch_sampler=[b.tolist() for b in batches], num_workers=workers,
-                        collate_fn=_stack, persistent_workers=False)
-    yield from loader
-
-
-def eval_batches(dataset: Dataset, transform, batch_size: int = 256, workers: int = 0):
-    order = torch.arange(len(dataset))
-    chunks = [order[i:i + batch_size] for i in range(0, len(dataset), batch_size)]
-    for images, labels in iterate_batches(dataset, chunks, workers):
-        yield transform(images), labels

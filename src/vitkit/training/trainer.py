@@ -1,7 +1,9 @@
-"""The training loop: DeiT recipe, exact resume, DDP, atomic checkpoints.
+"""The training loop: exact resume, DDP, accumulation, bf16, EMA, atomic checkpoints.
 
-Read top to bottom: `train` sets everything up, `_run_epochs` is the loop, the rest are its steps.
-Checkpoints are selected on the validation split (carved from the training data); the test split is
+Read top to bottom: `train` sets everything up, `_run_epochs` is the loop, the rest are its steps. What is
+optimised (views, losses, what is trained around the backbone, how a model is scored) is the run's
+objective (`training/objectives/`): supervised DeiT-style training by default. Checkpoints are selected on
+the validation split (carved from the training data) by the objective's selection metric; the test split is
 evaluated once, at the end, for the selected and for the final model.
 """
 
@@ -21,23 +23,24 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data import build_dataset
-from ..data.transforms import AugmentConfig, EvalTransform, TrainAugment
+from ..data.base import label_subset
+from ..data.transforms import AugmentConfig
 from ..efficiency.precision import cpu_has_native_bf16
-from ..evaluation.classification import evaluate_classifier, save_confusion_png
-from ..models import create_model
-from ..weights import atomic_write_text, load, load_checkpoint, save
+from ..evaluation.classification import save_confusion_png
+from ..weights import atomic_write_text, create_model, load, load_checkpoint, save
 from .checkpoint import CheckpointManager, load_training_state
 from .config import TrainConfig
-from .data_stream import batch_indices, epoch_order, eval_batches, iterate_batches, step_generator
+from .data_stream import batch_indices, epoch_order, iterate_batches, step_generator
 from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown
 from .ema import ModelEma
-from .losses import DistillationLoss
+from .objectives import Objective, Supervised, slice_views, to_device
 from .optim import build_optimizer, warmup_cosine
 from .progress import Progress
 from .run_dir import RunDirectory
 
 # Options that fix the data stream and the model: a resumed run must keep them.
-_RESUME_FIXED = ("model", "data", "val_split", "model_kwargs", "batch_size", "seed", "img_size", "accum_steps")
+_RESUME_FIXED = ("model", "data", "val_split", "model_kwargs", "batch_size", "seed", "img_size", "accum_steps",
+                 "objective", "objective_args")
 
 
 class TrainingDiverged(RuntimeError):
@@ -52,25 +55,24 @@ class Run:
     dist: DistInfo
     device: torch.device
     out: Path
-    model: nn.Module  # unwrapped
+    model: nn.Module  # what the objective trains (the backbone, or the backbone and its heads); unwrapped
     ddp_model: nn.Module  # what forward/backward go through
     ema: ModelEma | None
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    criterion: DistillationLoss
+    objective: Objective
     train_set: object
     val_set: object | None  # None with val_split=0: nothing is selected, the final model is the result
     test_set: object
-    train_aug: TrainAugment
-    eval_tf: EvalTransform
     checkpoints: CheckpointManager
     steps_per_epoch: int
     total_steps: int
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
-    best_val_top1: float = -1.0
-    last_val: dict | None = None  # the last validation results, {"model_top1": ...} (rank 0)
+    best_val: float = -math.inf  # the best validation score (the objective's selection metric)
+    last_val: dict | None = None  # the last validation scores, {"model_top1": ...} (rank 0)
+    step_terms: dict = dataclasses.field(default_factory=dict)  # the objective's other loss terms, last step
     tensorboard: object = None  # SummaryWriter, when tensorboard is installed (rank 0)
 
 
@@ -108,21 +110,25 @@ def train(cfg: TrainConfig, resume: str | bool | None = None, overwrite: bool = 
 
 def _build_run(cfg: TrainConfig, dist: DistInfo, device: torch.device, out: Path) -> Run:
     train_set = build_dataset(cfg.data, "train", seed=cfg.seed, val_split=cfg.val_split)
+    if cfg.labels_per_class is not None or cfg.label_fraction is not None:
+        if cfg.objective != "supervised":
+            raise ValueError(f"labels_per_class / label_fraction choose labels for supervised training; objective "
+                             f"{cfg.objective!r} uses no labels (its kNN monitor uses a labelled bank of its own)")
+        train_set = train_set.subset(label_subset(train_set.targets, cfg.labels_per_class, cfg.label_fraction,
+                                                  cfg.label_seed, f"{cfg.data} (train split)"))
     val_set = None if cfg.val_split == 0 else build_dataset(cfg.data, "val", seed=cfg.seed, val_split=cfg.val_split)
     test_set = build_dataset(cfg.data, "test", seed=cfg.seed)
     info = train_set.info
     torch.manual_seed(cfg.seed)  # identical initial weights on every process
-    model = create_model(cfg.model, num_classes=info.num_classes, in_chans=info.in_chans, img_size=cfg.img_size,
-                         drop_path_rate=cfg.drop_path, **cfg.model_kwargs)
+    supervised = cfg.objective == "supervised"
+    objective = _build_objective(cfg, info, train_set, device)
+    model = create_model(cfg.model, num_classes=info.num_classes if supervised else 0, in_chans=info.in_chans,
+                         img_size=cfg.img_size, drop_path_rate=cfg.drop_path,
+                         **{**objective.model_kwargs(), **cfg.model_kwargs})
     if cfg.init_checkpoint:
-        load_checkpoint(model, cfg.init_checkpoint, strict=False)
-    model.to(device)
-    aug = AugmentConfig(
-        img_size=model.input_spec.img_size[0], scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip,
-        auto_augment=cfg.auto_augment, re_prob=cfg.re_prob, mixup=cfg.mixup, cutmix=cfg.cutmix,
-        mix_prob=cfg.mix_prob, label_smoothing=cfg.label_smoothing, mean=info.mean, std=info.std,
-        crop_pct=cfg.crop_pct,
-    )
+        _init_from_checkpoint(model, cfg.init_checkpoint)
+    objective.setup(_augment_config(cfg, info, model.input_spec.img_size[0]))
+    model = objective.build(model).to(device)
     shard = cfg.batch_size // cfg.accum_steps
     if shard % dist.world_size:
         raise ValueError(f"batch_size / accum_steps = {shard} images is not divisible by {dist.world_size} processes")
@@ -133,30 +139,74 @@ def _build_run(cfg: TrainConfig, dist: DistInfo, device: torch.device, out: Path
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.layer_decay)
     warmup = min(total_steps - 1, round(cfg.warmup_epochs * steps_per_epoch))
     scheduler = warmup_cosine(optimizer, total_steps, max(warmup, 1), cfg.lr, cfg.min_lr)
-    teacher = _load_teacher(cfg, info, device)
-    if cfg.distill == "hard" and getattr(model, "head_dist", None) is not None:
-        model.set_distilled_training(True)
-    ddp_model = DistributedDataParallel(model) if dist.enabled else model
+    ddp_model = (DistributedDataParallel(model, find_unused_parameters=objective.find_unused_parameters)
+                 if dist.enabled else model)
     return Run(
         cfg=cfg, dist=dist, device=device, out=out, model=model, ddp_model=ddp_model,
         ema=ModelEma(model, cfg.ema_decay) if cfg.ema_decay else None, optimizer=optimizer, scheduler=scheduler,
-        criterion=DistillationLoss(teacher, cfg.distill, cfg.distill_alpha, cfg.distill_tau),
-        train_set=train_set, val_set=val_set, test_set=test_set, train_aug=TrainAugment(aug, info.num_classes),
-        eval_tf=EvalTransform(aug), checkpoints=CheckpointManager(out / "checkpoints", cfg.keep_last),
+        objective=objective, train_set=train_set, val_set=val_set, test_set=test_set,
+        checkpoints=CheckpointManager(out / "checkpoints", cfg.keep_last),
         steps_per_epoch=steps_per_epoch, total_steps=min(total_steps, cfg.max_steps or total_steps),
     )
+
+
+def _init_from_checkpoint(model: nn.Module, path: str) -> None:
+    """Fine-tuning: every backbone tensor must come from the checkpoint; only the head (the classifier, which
+    depends on the classes) may be missing, unexpected or of another shape."""
+    from ..models._groups import layer_ids
+
+    ids = layer_ids(model)
+    head = {name for name, i in ids.items() if i == max(ids.values())}
+    report = load_checkpoint(model, path, strict=False)
+    bad = [k for k in report["missing"] if k not in head]
+    bad += [k for k in report["mismatched"] if k.split(" ", 1)[0] not in head]
+    if bad:
+        raise ValueError(f"init_checkpoint {path}: its backbone does not match {model.model_name} as configured; "
+                         f"expected every non-head tensor, but {len(bad)} are missing or of another shape: "
+                         f"{', '.join(bad[:6])}{' ...' if len(bad) > 6 else ''} (made with other model options, "
+                         "e.g. global_pool or model_kwargs?)")
+
+
+def _augment_config(cfg: TrainConfig, info, img_size: int) -> AugmentConfig:
+    return AugmentConfig(
+        img_size=img_size, scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip, auto_augment=cfg.auto_augment,
+        re_prob=cfg.re_prob, mixup=cfg.mixup, cutmix=cfg.cutmix, mix_prob=cfg.mix_prob,
+        label_smoothing=cfg.label_smoothing, mean=info.mean, std=info.std, crop_pct=cfg.crop_pct,
+    )
+
+
+def _build_objective(cfg: TrainConfig, info, train_set, device: torch.device) -> Objective:
+    """The run's objective, its options checked before any model is built."""
+    if cfg.objective == "supervised":
+        if cfg.objective_args:
+            raise ValueError(f"objective_args {sorted(cfg.objective_args)} given, but the supervised objective "
+                             "takes its options as top-level training options")
+        return Supervised(info.num_classes, info.class_names, _load_teacher(cfg, info, device), cfg.distill,
+                          cfg.distill_alpha, cfg.distill_tau, amp=cfg.amp, workers=cfg.workers)
+    if cfg.layer_decay is not None:
+        raise ValueError(f"layer_decay is a fine-tuning option (vitkit train); objective {cfg.objective!r} "
+                         "pretrains from scratch with one learning rate")
+    if cfg.objective == "mae":
+        from .objectives.mae import MAE, mae_config
+
+        return MAE(mae_config(cfg.objective_args), train_set, info.num_classes, cfg.seed)
+    from .objectives.dino import DINO, dino_config
+
+    return DINO(dino_config(cfg.objective_args), train_set, info.num_classes, cfg.batch_size, cfg.seed)
 
 
 def _run_epochs(run: Run) -> dict:
     cfg, start = run.cfg, time.perf_counter()
     evaluated = False
     while run.epoch < cfg.epochs and run.global_step < run.total_steps:
-        epoch_start, losses = time.perf_counter(), []
+        epoch_start, losses, terms = time.perf_counter(), [], {}
         order = epoch_order(len(run.train_set), cfg.seed, run.epoch)
         batches = batch_indices(order, cfg.batch_size, run.step_in_epoch)
         progress = Progress(len(batches), f"epoch {run.epoch + 1}/{cfg.epochs}", cfg.progress and run.dist.is_main)
         for images, targets in iterate_batches(run.train_set, batches, cfg.workers):
             losses.append(_train_step(run, images, targets))
+            for name, value in run.step_terms.items():
+                terms.setdefault(name, []).append(value)
             progress.update(len(images), loss=losses[-1], lr=run.optimizer.param_groups[0]["lr"])
             if cfg.ckpt_every and run.global_step % cfg.ckpt_every == 0:
                 _save_checkpoint(run)
@@ -169,7 +219,8 @@ def _run_epochs(run: Run) -> dict:
         last = run.epoch >= cfg.epochs or run.global_step >= run.total_steps
         row = {"epoch": run.epoch, "step": run.global_step, "train_loss": sum(losses) / max(len(losses), 1),
                "lr": run.optimizer.param_groups[0]["lr"], "epoch_s": time.perf_counter() - epoch_start,
-               "img_per_s": len(losses) * cfg.batch_size / (time.perf_counter() - epoch_start)}
+               "img_per_s": len(losses) * cfg.batch_size / (time.perf_counter() - epoch_start),
+               **{f"train_{name}": sum(v) / len(v) for name, v in terms.items()}}
         evaluated = run.epoch % cfg.eval_every == 0 or last
         if evaluated:
             _validate_and_keep_best(run, row)
@@ -191,27 +242,34 @@ def _attention_kernel(cfg: TrainConfig):
 def _train_step(run: Run, images: torch.Tensor, targets: torch.Tensor) -> float:
     cfg, dist = run.cfg, run.dist
     run.ddp_model.train()
-    x, y = run.train_aug(images, targets, step_generator(cfg.seed, run.global_step))
+    run.objective.start_step(run.global_step, run.total_steps, run.steps_per_epoch)
+    views = run.objective.views(images, targets, step_generator(cfg.seed, run.global_step))
     # dropout / stochastic depth draw from the global RNG: make it a function of the step too
     torch.manual_seed(cfg.seed * 1_000_003 + run.global_step * dist.world_size + dist.rank)
     micro, shard = cfg.batch_size // cfg.accum_steps, cfg.batch_size // cfg.accum_steps // dist.world_size
-    total = 0.0
+    total, terms = 0.0, {}
     for a in range(cfg.accum_steps):
         lo = a * micro + dist.rank * shard
-        xs, ys = x[lo:lo + shard].to(run.device), y[lo:lo + shard].to(run.device)
+        part = to_device(slice_views(views, lo, lo + shard), run.device)
         sync = a == cfg.accum_steps - 1 or not dist.enabled
         with (nullcontext() if sync else run.ddp_model.no_sync()):
             with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=cfg.amp), _attention_kernel(cfg):
-                loss = run.criterion(xs, run.ddp_model(xs), ys) / cfg.accum_steps
+                losses = run.objective.loss(run.ddp_model, part)
+                loss = losses["loss"] / cfg.accum_steps
             loss.backward()
         total += loss.item()
+        for name, value in losses.items():  # the objective's other terms, logged as epoch means
+            if name != "loss":
+                terms[name] = terms.get(name, 0.0) + float(value) / cfg.accum_steps
     loss_value = all_reduce_mean(total, dist)
+    run.step_terms = {name: all_reduce_mean(value, dist) for name, value in terms.items()}
     if not math.isfinite(loss_value):
         latest = run.checkpoints.latest()
         raise TrainingDiverged(
             f"training loss is {loss_value} at epoch {run.epoch + 1}, step {run.global_step}; stopped before the "
             f"update. Last good checkpoint: {latest or 'none written yet'}. Try a lower lr or clip_grad."
         )
+    run.objective.before_update(run.model)
     if cfg.clip_grad:
         nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_grad)
     run.optimizer.step()
@@ -219,37 +277,47 @@ def _train_step(run: Run, images: torch.Tensor, targets: torch.Tensor) -> float:
     run.scheduler.step()
     if run.ema is not None:
         run.ema.update(run.model)
+    run.objective.after_step(run.model, run.global_step + 1, run.total_steps)
     run.global_step += 1
     run.step_in_epoch += 1
     return loss_value
 
 
 def _validate_and_keep_best(run: Run, row: dict) -> None:
-    """Evaluate the model (and its EMA) on the validation split on rank 0 (others wait), log into
-    `row`, and save `best/` when validation top-1 improves. Without a validation split, nothing."""
+    """Evaluate the backbone (and its EMA) on the validation split on rank 0 (others wait), log into
+    `row`, and save `best/` when the objective's selection metric improves. Without a validation split,
+    nothing. A collapsed representation is logged as such and never selected."""
     if run.dist.is_main and run.val_set is not None:
-        info = run.val_set.info
-        candidates = {"model": run.model} | ({"ema": run.ema.module} if run.ema else {})
-        reports = {}
+        objective, metric = run.objective, run.objective.selection_metric
+        candidates = {"model": objective.backbone(run.model)}
+        if run.ema:
+            candidates["ema"] = objective.backbone(run.ema.module)
+        scores = {}
         for name, module in candidates.items():
-            batches = eval_batches(run.val_set, run.eval_tf, workers=run.cfg.workers)
-            reports[name] = evaluate_classifier(module, batches, info.num_classes, info.class_names, run.cfg.amp)
-            row.update({f"val_{name}_top1": reports[name].top1, f"val_{name}_top5": reports[name].top5,
-                        f"val_{name}_loss": reports[name].loss})
-        run.last_val = {f"{name}_top1": r.top1 for name, r in reports.items()}
-        best_name = max(reports, key=lambda n: reports[n].top1)
-        if reports[best_name].top1 >= run.best_val_top1:  # a tie goes to the later, further-trained model
-            run.best_val_top1 = reports[best_name].top1
-            save(candidates[best_name], run.out / "best", metadata=_model_metadata(run, best_name, run.best_val_top1))
+            metrics = objective.evaluate(module, run.val_set, "val")
+            row.update({f"val_{name}_{k}": v for k, v in metrics.items() if isinstance(v, int | float)})
+            collapsed = objective.collapsed(metrics)
+            if collapsed:
+                row[f"val_{name}_collapsed"] = collapsed
+                print(f"vitkit: {name} features collapsed at epoch {run.epoch}: {collapsed}", flush=True)
+            else:
+                scores[name] = metrics[metric]
+        objective.visualize(run.model, run.val_set, run.out, run.epoch)
+        run.last_val = {f"{name}_{metric}": score for name, score in scores.items()}
+        best_name = max(scores, key=scores.get, default=None)
+        if best_name is not None and scores[best_name] >= run.best_val:  # a tie: the later model
+            run.best_val = scores[best_name]
+            save(candidates[best_name], run.out / "best", metadata=_model_metadata(run, best_name, scores[best_name]))
     barrier(run.dist)
 
 
-def _model_metadata(run: Run, which: str, val_top1: float | None) -> dict:
+def _model_metadata(run: Run, which: str, val_score: float | None) -> dict:
     info = run.train_set.info
     return {
         "dataset": run.cfg.data, "val_split": run.cfg.val_split, "class_names": list(info.class_names),
         "mean": list(info.mean), "std": list(info.std), "crop_pct": run.cfg.crop_pct, "weights": which,
-        "epoch": run.epoch, "step": run.global_step, "val_top1": val_top1,
+        "epoch": run.epoch, "step": run.global_step, "objective": run.objective.name,
+        f"val_{run.objective.selection_metric}": val_score,
     }
 
 
@@ -260,7 +328,7 @@ def _save_checkpoint(run: Run) -> None:
         "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(), "ema": run.ema.state_dict() if run.ema else None,
         "epoch": run.epoch, "step_in_epoch": run.step_in_epoch, "global_step": run.global_step,
-        "best_val_top1": run.best_val_top1, "last_val": run.last_val,
+        "best_val": run.best_val, "last_val": run.last_val,
         "config": run.cfg.to_dict(), "torch_rng": torch.get_rng_state(),
     }
     run.checkpoints.save(state, run.global_step)
@@ -280,7 +348,7 @@ def _restore(run: Run, state: dict) -> None:
     run.epoch, run.step_in_epoch = state["epoch"], state["step_in_epoch"]
     run.global_step = state["global_step"]
     # a checkpoint written before validation splits existed selected on test: its best is not kept
-    run.best_val_top1 = state.get("best_val_top1", -1.0)
+    run.best_val = state.get("best_val", state.get("best_val_top1", -math.inf))
     run.last_val = state.get("last_val")
     torch.set_rng_state(state["torch_rng"])
 
@@ -293,32 +361,36 @@ def _finish(run: Run, elapsed: float) -> dict:
     """Save the final model, then evaluate the test split once: the selected model (best/, chosen on
     validation) and the final one. Without a validation split the final model is the result."""
     summary = {"output": str(run.out), "elapsed_s": elapsed, "global_step": run.global_step, "amp": run.cfg.amp,
-               "best_val_top1": run.best_val_top1 if run.val_set is not None else None}
+               "selection_metric": run.objective.selection_metric,
+               f"best_val_{run.objective.selection_metric}": run.best_val if run.val_set is not None else None}
     if run.dist.is_main:
-        last_val = (run.last_val or {}).get("model_top1")
-        final_meta = _model_metadata(run, "model", last_val)
-        save(run.model, run.out / "final", metadata=final_meta)
+        objective, metric = run.objective, run.objective.selection_metric
+        final_meta = _model_metadata(run, "model", (run.last_val or {}).get(f"model_{metric}"))
+        save(objective.backbone(run.model), run.out / "final", metadata=final_meta)
         if run.ema is not None:
-            save(run.ema.module, run.out / "final_ema",
-                 metadata=_model_metadata(run, "ema", (run.last_val or {}).get("ema_top1")))
-        info = run.test_set.info
+            save(objective.backbone(run.ema.module), run.out / "final_ema",
+                 metadata=_model_metadata(run, "ema", (run.last_val or {}).get(f"ema_{metric}")))
 
         def test(model):  # in float32 whatever `amp` trained with: the number `vitkit eval` reproduces
-            batches = eval_batches(run.test_set, run.eval_tf, workers=run.cfg.workers)
-            return evaluate_classifier(model.to(run.device), batches, info.num_classes, info.class_names)
+            return objective.evaluate(model.to(run.device), run.test_set, "test")["report"]
 
-        final_report = test(run.model)
-        if run.val_set is not None:
+        final_report = test(objective.backbone(run.model))
+        selected_on = "val" if run.val_set is not None and (run.out / "best").is_dir() else None
+        if selected_on:
             best = load(run.out / "best")  # from disk: right after a resume too
             selected_dir, selected_meta, selected_report = "best", best.metadata, test(best)
-        else:
+        else:  # no validation split, or every evaluation collapsed: nothing was selected
             selected_dir, selected_meta, selected_report = "final", final_meta, final_report
         results = {
-            "data": run.cfg.data, "split": "test", "selected_on": "val" if run.val_set is not None else None,
+            "data": run.cfg.data, "split": "test", "selected_on": selected_on,
             "selected": {"dir": selected_dir, **_brief(selected_meta), **selected_report.to_dict()},
             "final": {"dir": "final", **_brief(final_meta), **final_report.to_dict()},
         }
-        save_confusion_png(selected_report, run.out / "confusion.png")
+        if run.val_set is not None and not selected_on:
+            results["note"] = ("no validation evaluation qualified to be selected (the features collapsed at every "
+                               "one; see metrics.jsonl): the final model is reported, and it is not a result")
+        if objective.saves_confusion:
+            save_confusion_png(selected_report, run.out / "confusion.png")
         atomic_write_text(run.out / "eval.json", json.dumps(results, indent=2) + "\n")
         _log(run, {"epoch": run.epoch, "step": run.global_step, "test_selected_top1": selected_report.top1,
                    "test_selected_top5": selected_report.top5, "test_final_top1": final_report.top1,
@@ -330,7 +402,8 @@ def _finish(run: Run, elapsed: float) -> dict:
 
 
 def _brief(meta: dict) -> dict:
-    return {k: meta.get(k) for k in ("weights", "epoch", "step", "val_top1")}
+    return {k: v for k, v in meta.items() if k in ("weights", "epoch", "step", "objective") or k.startswith("val_")
+            and k != "val_split"}
 
 
 def _log(run: Run, row: dict) -> None:

@@ -1,188 +1,98 @@
-"""Hugging Face transformers ViT / DeiT checkpoints: config and key names to vitkit's (= timm's)."""
+"""Hugging Face `save_pretrained` directories in, and transformers models out (the bench's peer).
+
+The file format is handled here; the names and configs are each family's (`Family.from_hf`,
+`Family.transformers_peer`, registered from `models/<family>/`)."""
 
 import json
-import re
 from pathlib import Path
 
 import torch
 
-from ..models import make_config
-from ..models.vit import ViTConfig
-
-_HF_ACT = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "relu": "relu", "silu": "silu"}
-_HF_PREFIXES = ("vit.", "deit.")
+from ..models import family_of, hf_converter, hf_model_types
 
 
 def is_hf_directory(path: Path) -> bool:
     config = path / "config.json"
-    return config.is_file() and "model_type" in json.loads(config.read_text())
+    if not config.is_file():
+        return False
+    try:
+        data = json.loads(config.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and "model_type" in data
 
 
-def config_from_hf(hf: dict, num_classes: int | None = None):
-    model_type = hf.get("model_type")
-    if model_type not in ("vit", "deit"):
-        raise ValueError(f"Hugging Face model_type {model_type!r} is not supported; supported: 'vit', 'deit'")
-    act = hf.get("hidden_act", "gelu")
-    if act not in _HF_ACT:
-        raise ValueError(f"Hugging Face hidden_act {act!r} is not supported; supported: {sorted(_HF_ACT)}")
-    architectures = hf.get("architectures") or []
-    distilled = any("WithTeacher" in a for a in architectures)
-    if num_classes is None:
-        num_classes = len(hf["id2label"]) if hf.get("id2label") else 0
-    dim = hf["hidden_size"]
-    return make_config(
-        "vit",
-        img_size=hf["image_size"], patch_size=hf["patch_size"], in_chans=hf.get("num_channels", 3),
-        num_classes=num_classes, embed_dim=dim, depth=hf["num_hidden_layers"],
-        num_heads=hf["num_attention_heads"], mlp_ratio=hf["intermediate_size"] / dim,
-        qkv_bias=hf.get("qkv_bias", True), distilled=distilled, act_layer=_HF_ACT[act],
-        norm_eps=hf.get("layer_norm_eps", 1e-12),
-    )
+def read_hf_directory(path: Path) -> tuple[dict, object, dict[str, torch.Tensor]]:
+    """(HF config.json, vitkit config, vitkit-keyed state dict) of a `save_pretrained` directory, converted
+    by the family that registered its `model_type`."""
+    from .io import read_state_dict
+
+    config_path = path / "config.json"
+    try:
+        hf_config = json.loads(config_path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config_path} is not valid JSON: {err}") from err
+    model_type = hf_config.get("model_type") if isinstance(hf_config, dict) else None
+    convert = hf_converter(model_type) if isinstance(model_type, str) else None
+    if convert is None:
+        raise ValueError(f"{config_path}: Hugging Face model_type {model_type!r} is not one vitkit converts; "
+                         f"handled: {', '.join(hf_model_types())}")
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (path / name).is_file():
+            config, state_dict = convert(hf_config, read_state_dict(path / name))
+            return hf_config, config, state_dict
+    raise FileNotFoundError(f"{path} has a Hugging Face config.json but no model.safetensors or pytorch_model.bin")
 
 
-def is_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> bool:
-    return any(k.startswith(_HF_PREFIXES) or k.startswith("embeddings.patch_embeddings") for k in state_dict)
-
-
-# One table for both directions: (Hugging Face name, vitkit name); {} stands for a block index.
-_NAMES = [
-    ("embeddings.cls_token", "cls_token"),
-    ("embeddings.distillation_token", "dist_token"),
-    ("embeddings.position_embeddings", "pos_embed"),
-    ("embeddings.patch_embeddings.projection.", "patch_embed.proj."),
-    ("encoder.layer.{}.layernorm_before.", "blocks.{}.norm1."),
-    ("encoder.layer.{}.layernorm_after.", "blocks.{}.norm2."),
-    ("encoder.layer.{}.attention.output.dense.", "blocks.{}.attn.proj."),
-    ("encoder.layer.{}.intermediate.dense.", "blocks.{}.mlp.fc1."),
-    ("encoder.layer.{}.output.dense.", "blocks.{}.mlp.fc2."),
-    ("layernorm.", "norm."),
-]
-
-
-def _pattern(template: str) -> str:
-    return "^" + r"(\d+)".join(re.escape(part) for part in template.split("{}"))
-
-
-def _replacement(template: str) -> str:
-    return template.replace("{}", r"\1")
-
-
-_RENAMES = [(_pattern(hf), _replacement(ours)) for hf, ours in _NAMES] + [
-    (r"^(classifier|cls_classifier)\.", "head."),  # the classifier names depend on the model; see hf_state_dict_from
-    (r"^distillation_classifier\.", "head_dist."),
-]
-_TO_HF = [(_pattern(ours), _replacement(hf)) for hf, ours in _NAMES]
-# Weights the vitkit model has no use for: HF's unused mask token and pooler.
-_DROPPED = re.compile(r"(embeddings\.mask_token|^pooler\.)")
-
-
-def convert_hf_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out, qkv = {}, {}
-    for key, value in state_dict.items():
-        for prefix in _HF_PREFIXES:
-            key = key.removeprefix(prefix)
-        if _DROPPED.search(key):
-            continue
-        m = re.match(r"encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)", key)
-        if m:
-            qkv.setdefault((m[1], m[3]), {})[m[2]] = value
-            continue
-        for pattern, repl in _RENAMES:
-            key = re.sub(pattern, repl, key)
-        out[key] = value
-    for (layer, kind), parts in qkv.items():
-        missing = {"query", "key", "value"} - set(parts)
-        if missing:
-            raise ValueError(f"Hugging Face checkpoint: layer {layer} has no attention {sorted(missing)} {kind}")
-        out[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
-    return out
-
-
-def hf_config_from(config) -> dict:
-    """The Hugging Face ViT/DeiT config of a vitkit model, or a ValueError naming what has no equivalent."""
-    c = config
-    if not isinstance(c, ViTConfig):
-        raise ValueError(f"no transformers ViT/DeiT equals a {type(c).__name__} model")
-    unsupported = [name for name, differs in [
-        ("conv_stem", bool(c.conv_stem)), (f"global_pool={c.global_pool!r}", c.global_pool != "token"),
-        ("reg_tokens", c.reg_tokens > 0), ("no_embed_class", c.no_embed_class), ("pre_norm", c.pre_norm),
-        ("final_norm=False", not c.final_norm), ("fc_norm", bool(c.fc_norm)),
-        ("layer scale", c.init_values is not None), ("qk_norm", c.qk_norm),
-    ] if differs]
-    if unsupported:
-        raise ValueError(f"no transformers ViT/DeiT equals this model: it has {', '.join(unsupported)}")
-    return {
-        "model_type": "deit" if c.distilled else "vit",
-        "architectures": ["DeiTForImageClassificationWithTeacher" if c.distilled else "ViTForImageClassification"],
-        "image_size": c.img_size, "patch_size": c.patch_size, "num_channels": c.in_chans,
-        "hidden_size": c.embed_dim, "num_hidden_layers": c.depth, "num_attention_heads": c.num_heads,
-        "intermediate_size": int(c.embed_dim * c.mlp_ratio), "qkv_bias": c.qkv_bias, "layer_norm_eps": c.norm_eps,
-        "hidden_act": {v: k for k, v in _HF_ACT.items() if k != "gelu_new"}[c.act_layer],
-        "id2label": {str(i): str(i) for i in range(c.num_classes)},
-    }
-
-
-def hf_state_dict_from(state_dict: dict[str, torch.Tensor], distilled: bool = False) -> dict[str, torch.Tensor]:
-    """vitkit (= timm) names to Hugging Face's checkpoint names; the inverse of `convert_hf_state_dict`."""
-    prefix = "deit." if distilled else "vit."
-    out = {}
-    for key, value in state_dict.items():
-        m = re.match(r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", key)
-        if m:
-            for part, chunk in zip(("query", "key", "value"), value.chunk(3), strict=True):
-                out[f"{prefix}encoder.layer.{m[1]}.attention.attention.{part}.{m[2]}"] = chunk.contiguous()
-        elif key.startswith("head_dist."):
-            out[key.replace("head_dist.", "distillation_classifier.", 1)] = value
-        elif key.startswith("head."):
-            out[key.replace("head.", "cls_classifier." if distilled else "classifier.", 1)] = value
-        else:
-            for pattern, repl in _TO_HF:
-                key = re.sub(pattern, repl, key)
-            out[prefix + key] = value
-    return out
+def transformers_config(config) -> tuple[str, dict]:
+    """(transformers class name, config dict) of the transformers model equal to a vitkit config; a
+    ValueError saying why when there is none."""
+    peer = family_of(config).transformers_peer
+    if peer is None:
+        raise ValueError(f"transformers has no model equal to vitkit's {family_of(config).name} family")
+    class_name, hf_config, _ = peer(config)
+    return class_name, hf_config
 
 
 def to_transformers(model) -> torch.nn.Module:
-    """The transformers model equal to a vitkit ViT/DeiT, with its weights, in eval mode.
+    """The transformers model equal to a vitkit model, with its weights, in eval mode.
 
-    Goes through a saved checkpoint so transformers' own loader maps the names, whatever its version.
-    """
+    Goes through a saved checkpoint so transformers' own loader maps the names, whatever its version."""
     import tempfile
 
     import transformers
     from safetensors.torch import save_file
 
-    hf_config = hf_config_from(model.config)
-    weights = hf_state_dict_from({k: v.detach().cpu() for k, v in model.state_dict().items()},
-                                 model.config.distilled)
-    cls = getattr(transformers, hf_config["architectures"][0])
+    peer = family_of(model).transformers_peer
+    if peer is None:
+        raise ValueError(f"transformers has no model equal to vitkit's {family_of(model).name} family")
+    class_name, hf_config, convert = peer(model.config)
+    weights = convert({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    cls = getattr(transformers, class_name)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "config.json").write_text(json.dumps(hf_config))
         save_file(weights, str(Path(tmp) / "model.safetensors"))
-        peer = cls.from_pretrained(tmp)
-    return peer.eval()
+        return cls.from_pretrained(tmp).eval()
 
 
-def read_hf_directory(path: Path) -> tuple[dict, object, dict[str, torch.Tensor]]:
-    """(HF config.json, vitkit config, vitkit-keyed state dict) of a `save_pretrained` directory.
-
-    ViT and DeiT are converted here; other model types by the converter their family registered
-    (`vitkit.models.register_hf_converter`)."""
-    from ..models import hf_converter, hf_model_types
-    from .io import read_state_dict
-
-    hf_config = json.loads((path / "config.json").read_text())
-    model_type = hf_config.get("model_type")
-    family_convert = hf_converter(model_type)
-    if model_type not in ("vit", "deit") and family_convert is None:
-        handled = ", ".join(sorted({"vit", "deit", *hf_model_types()}))
-        raise ValueError(f"{path / 'config.json'}: Hugging Face model_type {model_type!r} is not one vitkit "
-                         f"converts; handled: {handled}")
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (path / name).is_file():
-            raw = read_state_dict(path / name)
-            if family_convert is not None:
-                config, state_dict = family_convert(hf_config, raw)
-                return hf_config, config, state_dict
-            return hf_config, config_from_hf(hf_config), convert_hf_state_dict(raw)
-    raise FileNotFoundError(f"{path} has a Hugging Face config.json but no model.safetensors or pytorch_model.bin")
+def preprocessor_cfg(path: Path) -> dict:
+    """The normalisation (and ConvNeXt's crop_pct) a Hugging Face directory's preprocessor_config.json
+    records, as a vitkit pretrained cfg; empty when there is none or it is unreadable or implausible."""
+    try:
+        data = json.loads((path / "preprocessor_config.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    cfg = {}
+    for ours, theirs in (("mean", "image_mean"), ("std", "image_std")):
+        value = data.get(theirs)
+        if (isinstance(value, list) and 0 < len(value) <= 16
+                and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)):
+            cfg[ours] = tuple(float(v) for v in value)
+    if "std" in cfg and min(cfg["std"]) <= 0:
+        del cfg["std"]
+    crop = data.get("crop_pct")
+    if isinstance(crop, int | float) and not isinstance(crop, bool) and 0 < crop <= 1:
+        cfg["crop_pct"] = float(crop)
+    return cfg

@@ -10,8 +10,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models import build_model, config_from_dict, config_to_dict
-from .hf import convert_hf_state_dict, is_hf_directory, is_hf_state_dict, read_hf_directory
+from ..models import build_model, config_from_dict, config_to_dict, families, family_named, list_models, pretrained_cfg
+from ..models import create_model as models_create_model
+from ..models._limits import COMMON_LIMITS, check_int_limits, is_number, shown
+from .hf import is_hf_directory, preprocessor_cfg, read_hf_directory
 from .io import CorruptCheckpointError, atomic_write_text, read_state_dict, save_safetensors
 
 FORMAT_VERSION = 1
@@ -68,67 +70,22 @@ def _compare(own: dict[str, torch.Tensor], state_dict: dict[str, torch.Tensor]) 
     return missing, unexpected, mismatched
 
 
-# A config.json is data from wherever the directory came from: the fields that decide how much memory the
-# model takes are bounded (the largest published ViTs are well inside) before anything is built.
-CONFIG_INT_RANGES = {  # per stage for hierarchical families (depths, dims, num_heads of Swin / ConvNeXt)
-    "img_size": (1, 8192), "patch_size": (1, 1024), "in_chans": (1, 1024), "num_classes": (0, 1_000_000),
-    "embed_dim": (1, 16384), "depth": (1, 512), "num_heads": (1, 1024), "reg_tokens": (0, 1024),
-    "depths": (0, 512), "dims": (1, 16384), "window_size": (1, 1024),
-}
-MAX_STAGES = 8
-MAX_PATCH_TOKENS = 2**16  # a 256 x 256 patch grid
-MAX_MLP_RATIO = 64.0
-MAX_CONV_STAGES = 8
 # strict=False leaves the model tensors the weights do not supply as initialised; beyond this many elements
 # (and beyond 4x what the file holds) the config is taken to be corrupt or hostile rather than a partial fit
 MAX_UNSUPPLIED_ELEMENTS = 2**26
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _shown(value) -> str:
-    """repr for an error message, cut short: a hostile value may be megabytes long."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:50] + f"... ({len(text)} characters)"
-
-
 def check_config_ranges(data: dict[str, Any], source: str) -> None:
-    """Refuse sizes no real ViT has (depth=1000000, embed_dim=10**7) before any memory is allocated."""
-    def fail(key: str, expected: str):
-        raise ValueError(f"{source}: {key}={_shown(data[key])} is out of range; expected {expected}")
-
-    for key, (low, high) in CONFIG_INT_RANGES.items():
-        value = data.get(key)
-        values = value if isinstance(value, list | tuple) and 0 < len(value) <= MAX_STAGES else [value]
-        if key in data and not all(_is_int(v) and low <= v <= high for v in values):
-            fail(key, f"an integer from {low} to {high} (or one per stage, at most {MAX_STAGES} stages)")
-    if "mlp_ratio" in data and not (_is_number(data["mlp_ratio"]) and 0 < data["mlp_ratio"] <= MAX_MLP_RATIO):
-        fail("mlp_ratio", f"a number in (0, {MAX_MLP_RATIO:g}]")
-    for key, allowed in (("conv_stem", "channel counts from 1 to 16384"), ("conv_stem_strides", "strides 1 or 2")):
-        value = data.get(key, ())
-        low, high = (1, 16384) if key == "conv_stem" else (1, 2)
-        if not (isinstance(value, list | tuple) and len(value) <= MAX_CONV_STAGES
-                and all(_is_int(v) and low <= v <= high for v in value)):
-            fail(key, f"a list of at most {MAX_CONV_STAGES} {allowed}")
-    img_size, conv_stem = data.get("img_size", 224), data.get("conv_stem", ())
-    if conv_stem:
-        stride, grid = None, img_size
-        for s in data.get("conv_stem_strides") or (2,) * len(conv_stem):
-            grid = (grid + s - 1) // s
-    else:
-        stride = data.get("patch_size", 16)
-        grid = img_size // stride
-    if grid * grid > MAX_PATCH_TOKENS:
-        made_by = f"patch_size={stride}" if stride else "its conv_stem"
-        raise ValueError(f"{source}: img_size={img_size} with {made_by} makes {grid * grid} patch tokens; expected "
-                         f"at most {MAX_PATCH_TOKENS} (a {math.isqrt(MAX_PATCH_TOKENS)}x"
-                         f"{math.isqrt(MAX_PATCH_TOKENS)} grid)")
+    """Refuse sizes no real model has (depth=1000000, embed_dim=10**7) before any memory is allocated: the
+    bounds every family shares, then the family's own (`Family.config_limits`, `Family.check_config`)."""
+    architecture = data.get("architecture")
+    if not isinstance(architecture, str) or architecture not in {f.name for f in families()}:
+        raise ValueError(f"{source}: architecture={shown(architecture)} is not a vitkit family; expected one of "
+                         f"{sorted(f.name for f in families())}")
+    family = family_named(architecture)
+    check_int_limits(data, {**COMMON_LIMITS, **family.config_limits}, source)
+    if family.check_config is not None:
+        family.check_config(data, source)
 
 
 def check_metadata(metadata, source: str, num_classes: int | None = None, in_chans: int | None = None) -> None:
@@ -140,18 +97,18 @@ def check_metadata(metadata, source: str, num_classes: int | None = None, in_cha
         value = metadata.get(key)
         if value is None or value == []:
             continue
-        if not (isinstance(value, list | tuple) and all(_is_number(v) for v in value)):
-            raise ValueError(f"{source}: metadata {key}={_shown(value)} is invalid; expected a list of finite numbers, "
+        if not (isinstance(value, list | tuple) and all(is_number(v) for v in value)):
+            raise ValueError(f"{source}: metadata {key}={shown(value)} is invalid; expected a list of finite numbers, "
                              "one per input channel")
         if in_chans is not None and len(value) not in (1, in_chans):
             raise ValueError(f"{source}: metadata {key} has {len(value)} values; expected one per input channel "
                              f"(in_chans={in_chans}) or a single value")
         if key == "std" and any(v <= 0 for v in value):
-            raise ValueError(f"{source}: metadata std={_shown(list(value))} is invalid; expected every value > 0 "
+            raise ValueError(f"{source}: metadata std={shown(list(value))} is invalid; expected every value > 0 "
                              "(the pixels are divided by it)")
     crop_pct = metadata.get("crop_pct")
-    if crop_pct is not None and not (_is_number(crop_pct) and 0 < crop_pct <= 1):
-        raise ValueError(f"{source}: metadata crop_pct={_shown(crop_pct)} is out of range; expected a number in "
+    if crop_pct is not None and not (is_number(crop_pct) and 0 < crop_pct <= 1):
+        raise ValueError(f"{source}: metadata crop_pct={shown(crop_pct)} is out of range; expected a number in "
                          "(0, 1]")
     names = metadata.get("class_names")
     if names is not None:
@@ -205,7 +162,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path} is neither a vitkit model directory (config.json + model.safetensors) "
                          "nor a Hugging Face save_pretrained directory")
     state_dict = read_state_dict(path)
-    return convert_hf_state_dict(state_dict) if is_hf_state_dict(state_dict) else state_dict
+    return state_dict  # other names (Hugging Face's, older timm layouts) are the model's adapt_state_dict's
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> dict[str, list[str]]:
@@ -232,12 +189,12 @@ def save(model: nn.Module, directory: str | os.PathLike, metadata: dict[str, Any
     return directory
 
 
-def load(directory: str | os.PathLike, strict: bool = True, optimized: bool = True, **overrides) -> nn.Module:
-    """Rebuild a model saved by `save` (or a Hugging Face ViT/DeiT directory); `overrides` change the
-    config, e.g. img_size=384 resamples the position embedding.
+def load(directory: str | os.PathLike, strict: bool = True, **overrides) -> nn.Module:
+    """Rebuild a model saved by `save` (or a Hugging Face `save_pretrained` directory of a model type some
+    family converts); `overrides` change the config, e.g. img_size=384 resamples the position embedding.
 
-    A directory written by `vitkit optimize` holds the float weights and the spec; the spec is applied
-    on load unless `optimized=False`.
+    The float model: a directory written by `vitkit optimize` also holds its spec (`metadata["optimize"]`),
+    which `vitkit.load` applies and this function, below the efficiency package, does not.
     """
     directory = Path(directory)
     config_path = directory / "config.json"
@@ -279,10 +236,23 @@ def load(directory: str | os.PathLike, strict: bool = True, optimized: bool = Tr
     model = build_model(config)
     load_state_dict(model, state_dict, strict=strict, source=str(directory))
     model.model_name, model.metadata = name, metadata
-    spec = (metadata or {}).get("optimize")
-    if spec and optimized:
-        from ..efficiency import optimize
+    # what the weights expect as input: the registered name's cfg, what training recorded, or Hugging Face's
+    # preprocessor_config.json (the model's input_spec reports it)
+    cfg = pretrained_cfg(name) if isinstance(name, str) and name in list_models() else {}
+    if "model_type" in raw:
+        cfg = preprocessor_cfg(directory)
+    cfg.update({k: metadata[k] for k in ("mean", "std", "crop_pct") if metadata.get(k) is not None})
+    model.pretrained_cfg = cfg
+    return model
 
-        model = optimize(model.eval(), spec)
-        model.model_name, model.metadata = name, metadata
+
+def create_model(name: str, *, checkpoint: str | os.PathLike | None = None, strict: bool = True,
+                 **kwargs) -> nn.Module:
+    """`vitkit.models.create_model` (a registered name, timm's constructor arguments as overrides), then
+    the weights of `checkpoint` if given: a vitkit directory, a Hugging Face `save_pretrained` directory,
+    or a timm/vitkit-keyed `.safetensors` / `.pth` file. Position embeddings are resampled and input
+    channels adapted when the checkpoint was made for another size."""
+    model = models_create_model(name, **kwargs)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint, strict=strict)
     return model

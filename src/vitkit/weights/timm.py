@@ -1,36 +1,22 @@
-"""Build the vitkit model equal to a timm model, from timm's class name and constructor arguments."""
+"""timm models in and out: the vitkit model equal to timm's `Class(**kwargs)` (with its weights), and the timm
+model equal to a vitkit one (the bench's timm peer). Each family maps its own arguments
+(`Family.timm_classes`, `Family.timm_peer`)."""
 
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..models import build_model, make_config
-
-# timm arguments that only choose an implementation detail vitkit fixes, with the value vitkit has.
-_IGNORED_IF = {"weight_init": ("", "skip"), "pos_embed": ("learn",), "dynamic_img_size": (False,),
-               "dynamic_img_pad": (False,), "patch_drop_rate": (0.0,), "fix_init": (False,),
-               "embed_norm_layer": (None,), "norm_layer": (None,), "act_layer": (None,)}
-_TIMM_CLASSES = {"VisionTransformer": ("vit", {}), "VisionTransformerDistilled": ("vit", {"distilled": True})}
+from ..models import build_model, families, family_of
 
 
 def config_from_timm(timm_class: str, kwargs: dict[str, Any]):
-    if timm_class not in _TIMM_CLASSES:
-        raise ValueError(f"timm class {timm_class!r} is not supported; supported: {sorted(_TIMM_CLASSES)}")
-    architecture, fixed = _TIMM_CLASSES[timm_class]
-    kwargs = dict(kwargs)
-    for name, allowed in _IGNORED_IF.items():
-        if name in kwargs:
-            value = kwargs.pop(name)
-            if value not in allowed:
-                raise ValueError(f"timm argument {name}={value!r} is not supported by vitkit (supported: {allowed})")
-    for name in ("img_size", "patch_size"):
-        if isinstance(kwargs.get(name), list | tuple):
-            h, w = kwargs[name]
-            if h != w:
-                raise ValueError(f"vitkit supports square {name} only, got {kwargs[name]}")
-            kwargs[name] = h
-    return make_config(architecture, **{**kwargs, **fixed})
+    """The vitkit config equal to timm's `timm_class(**kwargs)`."""
+    for family in families():
+        if timm_class in family.timm_classes:
+            return family.timm_classes[timm_class](kwargs)
+    supported = sorted(c for f in families() for c in f.timm_classes)
+    raise ValueError(f"timm class {timm_class!r} is not supported; supported: {', '.join(supported)}")
 
 
 def from_timm(timm_class: str, kwargs: dict[str, Any], state_dict: dict[str, torch.Tensor] | None = None,
@@ -45,33 +31,24 @@ def from_timm(timm_class: str, kwargs: dict[str, Any], state_dict: dict[str, tor
 
 
 def timm_kwargs_from(config) -> tuple[str, dict[str, Any]]:
-    """timm's class name and constructor arguments for a vitkit ViT; the inverse of `config_from_timm`."""
-    from ..models.vit import ViTConfig
-
-    if not isinstance(config, ViTConfig) or config.conv_stem:
-        raise ValueError("no timm VisionTransformer equals this model" + (" (it has a conv stem)" if
-                                                                          getattr(config, "conv_stem", ()) else ""))
-    if config.global_pool not in ("token", "avg", "max", "avgmax", ""):
-        raise ValueError(f"timm's VisionTransformer has no global_pool={config.global_pool!r}")
-    names = ("img_size", "patch_size", "in_chans", "num_classes", "global_pool", "embed_dim", "depth", "num_heads",
-             "mlp_ratio", "qkv_bias", "qk_norm", "init_values", "class_token", "reg_tokens", "no_embed_class",
-             "pre_norm", "final_norm", "fc_norm")
-    kwargs = {name: getattr(config, name) for name in names}
-    if config.act_layer != "gelu":
-        kwargs["act_layer"] = config.act_layer
-    return ("VisionTransformerDistilled" if config.distilled else "VisionTransformer"), kwargs
+    """timm's class name and constructor arguments for a vitkit config; the inverse of `config_from_timm`.
+    A ValueError says why when timm has no equal model."""
+    peer = family_of(config).timm_peer
+    if peer is None:
+        raise ValueError(f"vitkit cannot build timm's equal of its {family_of(config).name} family")
+    _, class_name, kwargs, _ = peer(config)
+    return class_name, kwargs
 
 
 def to_timm(model) -> nn.Module:
-    """The timm model equal to a vitkit ViT/DeiT, with its weights (the names are the same), in eval mode.
+    """The timm model equal to a vitkit model, with its weights (timm's names are vitkit's), in eval mode.
     Raises ImportError when timm does not import (it needs torchvision)."""
-    from functools import partial
+    import importlib
 
-    import timm.models.deit
-    import timm.models.vision_transformer
-
-    class_name, kwargs = timm_kwargs_from(model.config)
-    module = timm.models.deit if class_name == "VisionTransformerDistilled" else timm.models.vision_transformer
-    peer = getattr(module, class_name)(**kwargs, norm_layer=partial(nn.LayerNorm, eps=model.config.norm_eps))
-    peer.load_state_dict(model.state_dict())
-    return peer.eval()
+    peer = family_of(model).timm_peer
+    if peer is None:
+        raise ValueError(f"vitkit cannot build timm's equal of its {family_of(model).name} family")
+    module, class_name, kwargs, build_only = peer(model.config)
+    timm_model = getattr(importlib.import_module(module), class_name)(**kwargs, **build_only)
+    timm_model.load_state_dict(model.state_dict())
+    return timm_model.eval()

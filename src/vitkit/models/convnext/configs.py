@@ -2,8 +2,8 @@
 
 from dataclasses import dataclass
 
-from ..registry import register_architecture, register_model
-from .model import POOL_TYPES, ConvNeXt
+from ..registry import register_model
+from .model import POOL_TYPES
 
 
 @dataclass
@@ -55,8 +55,6 @@ class ConvNeXtConfig:
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
 
-
-register_architecture("convnext", ConvNeXtConfig, ConvNeXt)
 
 # timm's named configs: name -> (depths, dims); the four smallest use 1x1-conv MLPs (faster at small widths)
 SIZES = {

@@ -5,7 +5,7 @@ import re
 
 import torch
 
-from ..registry import make_config, register_hf_converter
+from ..registry import make_config
 
 # (Hugging Face name after the model prefix, timm name); {} stands for a stage / block index
 _NAMES = [
@@ -72,5 +72,3 @@ def from_hf(hf: dict, state_dict: dict[str, torch.Tensor]):
     )
     return config, weights
 
-
-register_hf_converter(("convnext", "convnextv2"), from_hf)

@@ -16,8 +16,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ...layers import DropPath, Mlp
-from .._features import adapt_stem_channels, take_indices
-from .._protocol import FeatureInfo, InputSpec
+from .._features import StagedModelMixin, adapt_stem_channels, take_indices
+from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 
 if TYPE_CHECKING:
     from .configs import ConvNeXtConfig
@@ -165,8 +165,11 @@ class NormMlpClassifierHead(nn.Module):
         return x if pre_logits else self.fc(x)
 
 
-class ConvNeXt(nn.Module):
+class ConvNeXt(StagedModelMixin, nn.Module):
+    """timm's `ConvNeXt`; pruning, head reset and gradient checkpointing come from `StagedModelMixin`."""
+
     architecture = "convnext"
+    stages_attr, final_norm_attr = "stages", "norm_pre"
 
     def __init__(self, config: ConvNeXtConfig):
         super().__init__()
@@ -208,8 +211,9 @@ class ConvNeXt(nn.Module):
     @property
     def input_spec(self) -> InputSpec:
         """timm's pretrained cfg for ConvNeXt: 224, crop 0.875, bicubic; any size divisible by the total stride."""
-        return InputSpec(in_chans=self.config.in_chans, img_size=(224, 224), fixed_size=False,
+        spec = InputSpec(in_chans=self.config.in_chans, img_size=(224, 224), fixed_size=False,
                          size_multiple=self.feature_info[-1].reduction, crop_pct=0.875, interpolation="bicubic")
+        return with_pretrained_cfg(spec, self)
 
     # ----- timm's model API ------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -241,24 +245,8 @@ class ConvNeXt(nn.Module):
             return intermediates
         return (self.norm_pre(x) if len(stages) - 1 == final else x), intermediates
 
-    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True) -> list[int]:
-        """Drop the stages after the last one `indices` needs (and the head) to save compute."""
-        take, last = take_indices(len(self.stages), indices)
-        self.stages = self.stages[: last + 1]
-        if prune_norm:
-            self.norm_pre = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return sorted(take)
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.head.reset(num_classes, global_pool)
-        if global_pool is not None:
-            self.config.global_pool = global_pool
-        self.num_classes = self.config.num_classes = num_classes
-
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
+    def _reset_head(self, num_classes: int, global_pool: str | None) -> None:
+        self.head.reset(num_classes, global_pool)  # GlobalPool refuses an unknown pool before anything changes
 
     def no_weight_decay(self) -> set[str]:
         return set()
@@ -270,10 +258,6 @@ class ConvNeXt(nn.Module):
             (r"^stages\.(\d+)\.blocks\.(\d+)", None),
             (r"^norm_pre", (99999,)),
         ]}
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
 
     # ----- checkpoint adaptation -------------------------------------------------------------
     def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

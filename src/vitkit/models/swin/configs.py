@@ -2,8 +2,8 @@
 
 from dataclasses import dataclass
 
-from ..registry import register_architecture, register_model
-from ..vit import ACT_LAYERS
+from ...layers import ACT_LAYERS
+from ..registry import register_model
 
 SWIN_POOL_TYPES = ("avg", "max", "avgmax", "")
 
@@ -14,7 +14,8 @@ class SwinConfig:
 
     `embed_dim` is the first stage's width; each later stage doubles it (PatchMerging). `img_size` must be
     a multiple of patch_size * 2**(stages - 1), and each stage's grid a multiple of its window (a window
-    larger than a stage's grid shrinks to the grid, which then is not shifted, as timm does)."""
+    larger than a stage's grid shrinks to the grid, which then is not shifted, as timm does). The model is
+    built for img_size but also runs other input sizes whose stage grids those windows divide."""
 
     img_size: int = 224
     patch_size: int = 4
@@ -78,13 +79,12 @@ class SwinConfig:
         return [min(self.window_size, res) for res in self.stage_resolutions()]
 
     def size_multiple(self) -> int:
+        """An img_size multiple that always builds (no stage grid smaller than the window). The built model
+        accepts inputs at `SwinTransformer.size_multiple()`, which counts clamped windows and can be smaller."""
         return self.patch_size * 2 ** (len(self.depths) - 1) * self.window_size
 
 
 def _register() -> None:
-    from .model import SwinTransformer
-
-    register_architecture("swin", SwinConfig, SwinTransformer)
     # timm's names: (embed_dim, depths, num_heads)
     sizes = {"tiny": (96, (2, 2, 6, 2), (3, 6, 12, 24)), "small": (96, (2, 2, 18, 2), (3, 6, 12, 24)),
              "base": (128, (2, 2, 18, 2), (4, 8, 16, 32))}

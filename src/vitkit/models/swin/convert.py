@@ -11,7 +11,7 @@ import re
 
 import torch
 
-from ..registry import make_config, register_hf_converter
+from ..registry import make_config
 
 _BUFFERS = ("relative_position_index", "attn_mask")
 
@@ -112,5 +112,3 @@ def from_hf(hf_config: dict, hf_state_dict: dict[str, torch.Tensor]):
         out[f"layers.{stage}.blocks.{block}.attn.qkv.{kind}"] = torch.cat(parts)
     return config, out
 
-
-register_hf_converter(("swin",), from_hf)

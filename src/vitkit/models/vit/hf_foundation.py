@@ -8,7 +8,7 @@ import re
 
 import torch
 
-from .registry import make_config, register_hf_converter
+from ..registry import make_config
 
 _NAMES = [  # (Hugging Face name without the "dinov2." prefix, timm name); {} is a block index
     ("embeddings.cls_token", "cls_token"),
@@ -90,13 +90,12 @@ def from_hf(hf: dict, state_dict: dict[str, torch.Tensor]):
         num_heads=hf.get("num_attention_heads", 12), mlp_ratio=mlp_ratio, qkv_bias=hf.get("qkv_bias", True),
         init_values=hf.get("layerscale_value", 1.0), norm_eps=hf.get("layer_norm_eps", 1e-6),
         mlp_layer="swiglu_packed" if swiglu else "mlp", act_layer="silu" if swiglu else "gelu",
-        dynamic_img_size=True,  # Dinov2Model interpolates its position embedding to every input
+        # Dinov2Model interpolates its position embedding to every input: bicubic without antialias;
+        # Dinov2WithRegistersModel with antialias, as timm
+        dynamic_img_size=True, pos_embed_interp="timm" if registers else "bicubic",
         drop_path_rate=hf.get("drop_path_rate", 0.0),
     )
     return config, weights
-
-
-register_hf_converter(("dinov2", "dinov2_with_registers"), from_hf)
 
 
 # ----- CLIP and SigLIP image towers ------------------------------------------------------------------------------
@@ -149,6 +148,9 @@ def _convert_tower(state_dict: dict[str, torch.Tensor], post_norm: str) -> dict[
 
 
 def _tower_config(hf: dict, default_act: str, **kwargs):
+    """The ViT config of a CLIP/SigLIP vision tower. `dynamic_img_size` with transformers' interpolation: any
+    input size the patch divides runs, as transformers does when called with `interpolate_pos_encoding=True`
+    (at the saved size nothing is interpolated, so the result is the same either way)."""
     act = hf.get("hidden_act", default_act)
     if act not in _ACTS:
         raise ValueError(f"Hugging Face {hf.get('model_type')} hidden_act {act!r} is not supported; "
@@ -158,7 +160,8 @@ def _tower_config(hf: dict, default_act: str, **kwargs):
         "vit",
         img_size=hf.get("image_size", 224), patch_size=hf.get("patch_size", 16), in_chans=hf.get("num_channels", 3),
         embed_dim=dim, depth=hf.get("num_hidden_layers", 12), num_heads=hf.get("num_attention_heads", 12),
-        mlp_ratio=hf.get("intermediate_size", 4 * dim) / dim, act_layer=_ACTS[act], **kwargs,
+        mlp_ratio=hf.get("intermediate_size", 4 * dim) / dim, act_layer=_ACTS[act],
+        dynamic_img_size=True, pos_embed_interp="bicubic_model_dtype", **kwargs,
     )
 
 
@@ -168,7 +171,8 @@ def clip_from_hf(hf: dict, state_dict: dict[str, torch.Tensor]):
     CLIP's `post_layernorm` normalises only the pooled class token (`pooler_output`), not
     `last_hidden_state`: it becomes `fc_norm` (with `norm` left out), so `forward_features` equals
     `last_hidden_state` and the pooled, pre-logits output equals `pooler_output`. The projection
-    (no bias) becomes the head, with a zero bias, as timm's CLIP conversions do."""
+    (no bias) becomes the head, with a zero bias, as timm's CLIP conversions do. Other input sizes equal
+    transformers called with `interpolate_pos_encoding=True` (see `_tower_config`)."""
     projection = "visual_projection.weight" in state_dict
     config = _tower_config(hf, "quick_gelu", num_classes=state_dict["visual_projection.weight"].shape[0]
                            if projection else 0, pre_norm=True, fc_norm=True, global_pool="token",
@@ -178,15 +182,18 @@ def clip_from_hf(hf: dict, state_dict: dict[str, torch.Tensor]):
 
 def siglip_from_hf(hf: dict, state_dict: dict[str, torch.Tensor]):
     """(ViTConfig, timm-keyed state dict) of `SiglipVisionModel`: no class token, `post_layernorm` is the
-    final norm, the attention-pool head `head` becomes timm's `attn_pool` ('map' pooling)."""
+    final norm, the attention-pool head `head` becomes timm's `attn_pool` ('map' pooling). A tower without
+    the head (`vision_use_head=False`, `pooler_output` None) gets no pooling (global_pool=''): its output is
+    the normed tokens, `last_hidden_state`. Other input sizes equal transformers called with
+    `interpolate_pos_encoding=True` (see `_tower_config`)."""
     has_head = any(k.removeprefix("vision_model.").startswith("head.") for k in state_dict)
-    if not has_head:
-        raise ValueError("Hugging Face SigLIP tower without its attention-pool head (vision_use_head=False) "
-                         "is not supported")
-    config = _tower_config(hf, "gelu_pytorch_tanh", num_classes=0, class_token=False, global_pool="map",
-                           norm_eps=hf.get("layer_norm_eps", 1e-6))
+    if has_head != bool(hf.get("vision_use_head", True)):
+        raise ValueError(f"Hugging Face SigLIP config says vision_use_head={hf.get('vision_use_head')!r}, but the "
+                         f"weights {'have' if has_head else 'lack'} the attention-pool head")
+    config = _tower_config(hf, "gelu_pytorch_tanh", num_classes=0, class_token=False,
+                           global_pool="map" if has_head else "", norm_eps=hf.get("layer_norm_eps", 1e-6))
     return config, _convert_tower(state_dict, "norm")
 
 
-register_hf_converter(("clip_vision_model",), clip_from_hf)
-register_hf_converter(("siglip_vision_model",), siglip_from_hf)
+CONVERTERS = {"dinov2": from_hf, "dinov2_with_registers": from_hf, "clip_vision_model": clip_from_hf,
+              "siglip_vision_model": siglip_from_hf}

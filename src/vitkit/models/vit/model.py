@@ -9,23 +9,22 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import (
+from ...layers import (
+    ACT_LAYERS,
     POOL_TYPES,
     AttentionPoolLatent,
     Block,
     ConvStem,
     Mlp,
     PatchEmbed,
-    QuickGELU,
     SwiGLUPacked,
     pool_tokens,
     resample_abs_pos_embed,
 )
-from ._features import adapt_input_channels, adapt_stem_channels, take_indices  # noqa: F401 (re-exported)
-from ._protocol import FeatureInfo, InputSpec
+from ...layers.pos_embed import POS_EMBED_INTERP
+from .._features import adapt_stem_channels, take_indices
+from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 
-ACT_LAYERS = {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "relu": nn.ReLU, "silu": nn.SiLU,
-              "quick_gelu": QuickGELU}
 # timm's `mlp_layer` classes, by name: "mlp" (fc1 -> act -> fc2) and "swiglu_packed" (DINOv2 giant: one
 # packed fc1 holding value and gate, SiLU on the first half; pass act_layer="silu").
 MLP_LAYERS = {"mlp": Mlp, "swiglu_packed": SwiGLUPacked}
@@ -34,7 +33,17 @@ VIT_POOL_TYPES = (*POOL_TYPES, "map")  # "map": attention pooling with a learned
 
 @dataclass
 class ViTConfig:
-    """Constructor arguments, named and defaulted like timm's `VisionTransformer` (ViT-B/16)."""
+    """Constructor arguments, named and defaulted like timm's `VisionTransformer` (ViT-B/16).
+
+    `pos_embed_interp` (vitkit's, timm has no such argument) is how `dynamic_img_size` resamples the position
+    embedding to an input's patch grid, so that a converted checkpoint runs other sizes as its source does:
+      "timm": bicubic with antialias, in float32 (timm; also transformers' `Dinov2WithRegistersModel`);
+      "bicubic": bicubic without antialias, in float32 (transformers' `Dinov2Model`);
+      "bicubic_model_dtype": bicubic without antialias, in the embedding's own dtype (transformers' CLIP and
+        SigLIP vision towers called with `interpolate_pos_encoding=True`; equal to "bicubic" in float32).
+    The ways differ by tenths on a unit-scale embedding, when upsampling too. Weights loaded for
+    another `img_size` are resampled once, bicubic without antialias, whatever this says.
+    """
 
     img_size: int = 224
     patch_size: int = 16
@@ -60,6 +69,7 @@ class ViTConfig:
     act_layer: str = "gelu"
     mlp_layer: str = "mlp"
     dynamic_img_size: bool = False  # interpolate the position embedding to each input's patch grid
+    pos_embed_interp: str = "timm"  # how dynamic_img_size interpolates: a key of POS_EMBED_INTERP (above)
     norm_eps: float = 1e-6
     gem_p: float = 3.0
     drop_rate: float = 0.0
@@ -77,6 +87,8 @@ class ViTConfig:
             raise ValueError(f"global_pool={self.global_pool!r} is not one of {VIT_POOL_TYPES}")
         if self.mlp_layer not in MLP_LAYERS:
             raise ValueError(f"mlp_layer={self.mlp_layer!r} is not one of {sorted(MLP_LAYERS)}")
+        if not isinstance(self.pos_embed_interp, str) or self.pos_embed_interp not in POS_EMBED_INTERP:
+            raise ValueError(f"pos_embed_interp={self.pos_embed_interp!r} is not one of {sorted(POS_EMBED_INTERP)}")
         if self.dynamic_img_size and self.conv_stem:
             raise ValueError("dynamic_img_size needs the patch projection, not a conv stem")
         if self.global_pool == "map" and self.distilled:
@@ -111,7 +123,6 @@ class VisionTransformer(nn.Module):
         self.no_embed_class = c.no_embed_class
         self.distilled_training = False  # distilled models return (cls, dist) logits while this is set
         self.grad_checkpointing = False
-        self.token_state = None  # set by token merging / pruning (vitkit.efficiency); reset in embed()
 
         self.patch_embed = (
             ConvStem(c.img_size, c.in_chans, c.embed_dim, c.conv_stem, c.conv_stem_strides) if c.conv_stem
@@ -151,8 +162,9 @@ class VisionTransformer(nn.Module):
         """Fixed size: the absolute position embedding covers one grid (`vitkit.load(dir, img_size=...)`
         or `create_model(..., img_size=...)` resamples it for another)."""
         c = self.config
-        return InputSpec(in_chans=c.in_chans, img_size=(c.img_size, c.img_size), fixed_size=not c.dynamic_img_size,
+        spec = InputSpec(in_chans=c.in_chans, img_size=(c.img_size, c.img_size), fixed_size=not c.dynamic_img_size,
                          size_multiple=self.feature_info[0].reduction, crop_pct=0.9)
+        return with_pretrained_cfg(spec, self)
 
     def _norm(self) -> nn.LayerNorm:
         return nn.LayerNorm(self.embed_dim, eps=self.config.norm_eps)
@@ -192,7 +204,7 @@ class VisionTransformer(nn.Module):
         pos_embed = self.pos_embed
         if grid is not None and tuple(grid) != (self.patch_embed.grid_size,) * 2:
             in_pos = 0 if self.no_embed_class else self.num_prefix_tokens
-            pos_embed = resample_abs_pos_embed(pos_embed, grid, in_pos, antialias=True)  # as timm
+            pos_embed = POS_EMBED_INTERP[self.config.pos_embed_interp](pos_embed, grid, in_pos)
         if self.no_embed_class:
             x = torch.cat([*prefix, x + pos_embed], dim=1)
         else:
@@ -209,14 +221,16 @@ class VisionTransformer(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) to the token sequence the first block sees."""
         x = x.to(self.pos_embed.dtype)  # float32 images into a bf16 model
-        if self.token_state is not None:
-            self.token_state.reset()
         grid = self.patch_grid(x) if self.config.dynamic_img_size else None
         return self.norm_pre(self._pos_embed(self.patch_embed(x), grid))
 
     # ----- timm's model API ------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.embed(x)
+        return self.forward_tokens(self.embed(x))
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """A token sequence (from `embed`, possibly with patch tokens left out: masked pretraining) through
+        the blocks and the final norm."""
         for block in self.blocks:
             x = checkpoint(block, x, use_reentrant=False) if self.grad_checkpointing and self.training else block(x)
         return self.norm(x)
@@ -338,8 +352,11 @@ class VisionTransformer(nn.Module):
 
     # ----- checkpoint adaptation -------------------------------------------------------------
     def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Fit weights trained at another image size or channel count to this model."""
-        state_dict = dict(state_dict)
+        """Fit weights to this model: Hugging Face ViT/DeiT names converted, the position embedding resampled
+        to another image size, the patch projection refitted to another channel count."""
+        from .hf import convert_hf_state_dict, is_hf_state_dict
+
+        state_dict = convert_hf_state_dict(state_dict) if is_hf_state_dict(state_dict) else dict(state_dict)
         pos = state_dict.get("pos_embed")
         if pos is not None and pos.shape != self.pos_embed.shape and pos.shape[-1] == self.embed_dim:
             prefix_in_pos = 0 if self.no_embed_class else self.num_prefix_tokens
