@@ -47,3 +47,25 @@ def assert_two_processes_match_one(command, tmp_path: Path, *extra: str) -> None
     result = subprocess.run(command(two, *extra, "--nproc", "2"), env=_env(1), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_final_weights(one, two, atol=1e-5, rtol=1e-4)
+
+
+def assert_resume_and_ddp_match_one_run(command, tmp_path: Path) -> None:
+    """Both equivalences against one uninterrupted single-process run (one thread, as each DDP worker):
+    killed after its first checkpoint and resumed, and 2 processes at the same global batch."""
+    reference = tmp_path / "uninterrupted"
+    subprocess.run(command(reference), check=True, env=_env(1), capture_output=True)
+    resumed = tmp_path / "resumed"
+    proc = subprocess.Popen(command(resumed, "--ckpt-every", "3"), env=_env(1), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list((resumed / "checkpoints").glob("step-*.pt")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (resumed / "final").exists(), "the run finished before it could be killed"
+    subprocess.run(command(resumed, "--ckpt-every", "3", "--resume"), check=True, env=_env(1), capture_output=True)
+    assert_same_final_weights(reference, resumed, atol=1e-6, rtol=1e-5)
+    two = tmp_path / "two"
+    result = subprocess.run(command(two, "--nproc", "2"), env=_env(1), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_final_weights(reference, two, atol=1e-5, rtol=1e-4)

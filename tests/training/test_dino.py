@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from run_checks import assert_killed_run_resumes, assert_two_processes_match_one
+from run_checks import assert_resume_and_ddp_match_one_run
 
 import vitkit
 from vitkit.data import build_dataset
@@ -100,15 +100,12 @@ def test_a_collapsed_run_is_reported_and_never_selected(tmp_path):
 
 def _pretrain_cmd(out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "vitkit", "pretrain", "--objective", "dino", "--model", "vit_pico_patch4_32",
-            "--data", "synthetic:256", "--output", str(out), "--epochs", "2", "--batch-size", "32", "--lr", "2e-3",
+            "--data", "synthetic:128", "--output", str(out), "--epochs", "2", "--batch-size", "32", "--lr", "2e-3",
             "--set", "model_kwargs={embed_dim: 32, depth: 2, num_heads: 2, dynamic_img_size: true}",
             "--set", "objective_args={out_dim: 64, hidden_dim: 32, bottleneck_dim: 16, local_crops: 2, knn_bank: 64}",
             "--set", "warmup_epochs=1", "--set", "drop_path=0", "--quiet", *extra]
 
 
-def test_killed_dino_run_resumes_to_the_same_weights(tmp_path):
-    assert_killed_run_resumes(_pretrain_cmd, tmp_path)
+def test_dino_resumes_exactly_and_two_processes_match_one(tmp_path):
+    assert_resume_and_ddp_match_one_run(_pretrain_cmd, tmp_path)
 
-
-def test_two_dino_processes_match_one(tmp_path):
-    assert_two_processes_match_one(_pretrain_cmd, tmp_path, "--epochs", "1")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from run_checks import assert_killed_run_resumes, assert_two_processes_match_one
+from run_checks import assert_resume_and_ddp_match_one_run
 
 import vitkit
 from vitkit.models._masking import embed_kept, random_keep
@@ -108,18 +108,15 @@ def test_label_subsets_are_fixed_and_stratified():
 
 def _pretrain_cmd(out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "vitkit", "pretrain", "--objective", "mae", "--model", "vit_pico_patch4_32",
-            "--data", "synthetic:256", "--output", str(out), "--epochs", "2", "--batch-size", "32", "--lr", "2e-3",
+            "--data", "synthetic:128", "--output", str(out), "--epochs", "2", "--batch-size", "32", "--lr", "2e-3",
             "--set", "model_kwargs={embed_dim: 32, depth: 2, num_heads: 2}", "--set", "warmup_epochs=1",
             "--set", "objective_args={decoder_dim: 16, decoder_depth: 1, decoder_heads: 2, knn_bank: 64}",
             "--set", "drop_path=0", "--quiet", *extra]
 
 
-def test_killed_mae_run_resumes_to_the_same_weights(tmp_path):
-    assert_killed_run_resumes(_pretrain_cmd, tmp_path)
+def test_mae_resumes_exactly_and_two_processes_match_one(tmp_path):
+    assert_resume_and_ddp_match_one_run(_pretrain_cmd, tmp_path)
 
-
-def test_two_mae_processes_match_one(tmp_path):
-    assert_two_processes_match_one(_pretrain_cmd, tmp_path, "--epochs", "1")
 
 
 
