@@ -23,18 +23,23 @@ def assert_same_final_weights(want_dir: Path, got_dir: Path, atol: float, rtol: 
         torch.testing.assert_close(got[key], want[key], atol=atol, rtol=rtol)
 
 
-def assert_killed_run_resumes(command, tmp_path: Path, last_checkpoint: str | None = None) -> None:
-    reference = tmp_path / "uninterrupted"
-    subprocess.run(command(reference), check=True, env=_env(1), capture_output=True)
-    resumed = tmp_path / "resumed"
-    proc = subprocess.Popen(command(resumed, "--ckpt-every", "3"), env=_env(1), stdout=subprocess.DEVNULL,
+def _killed_after_first_checkpoint(command, out: Path) -> Path:
+    """Start a run writing a checkpoint every 3 steps and SIGKILL it once the first one is on disk."""
+    proc = subprocess.Popen(command(out, "--ckpt-every", "3"), env=_env(1), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not list((resumed / "checkpoints").glob("step-*.pt")) and time.time() < deadline:
+    while not list((out / "checkpoints").glob("step-*.pt")) and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (resumed / "final").exists(), "the run finished before it could be killed"
+    assert not (out / "final").exists(), "the run finished before it could be killed"
+    return out
+
+
+def assert_killed_run_resumes(command, tmp_path: Path, last_checkpoint: str | None = None) -> None:
+    reference = tmp_path / "uninterrupted"
+    subprocess.run(command(reference), check=True, env=_env(1), capture_output=True)
+    resumed = _killed_after_first_checkpoint(command, tmp_path / "resumed")
     if last_checkpoint is not None:
         assert sorted((resumed / "checkpoints").glob("step-*.pt"))[-1].name != last_checkpoint  # killed mid-run
     subprocess.run(command(resumed, "--ckpt-every", "3", "--resume"), check=True, env=_env(1), capture_output=True)
@@ -54,15 +59,7 @@ def assert_resume_and_ddp_match_one_run(command, tmp_path: Path) -> None:
     killed after its first checkpoint and resumed, and 2 processes at the same global batch."""
     reference = tmp_path / "uninterrupted"
     subprocess.run(command(reference), check=True, env=_env(1), capture_output=True)
-    resumed = tmp_path / "resumed"
-    proc = subprocess.Popen(command(resumed, "--ckpt-every", "3"), env=_env(1), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not list((resumed / "checkpoints").glob("step-*.pt")) and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (resumed / "final").exists(), "the run finished before it could be killed"
+    resumed = _killed_after_first_checkpoint(command, tmp_path / "resumed")
     subprocess.run(command(resumed, "--ckpt-every", "3", "--resume"), check=True, env=_env(1), capture_output=True)
     assert_same_final_weights(reference, resumed, atol=1e-6, rtol=1e-5)
     two = tmp_path / "two"
