@@ -13,7 +13,7 @@ LEVELS = [
     ("weights",),
     ("data", "evaluation", "efficiency"),
     ("training",),
-    ("bench",),
+    ("bench", "probe"),
     ("api", "cli", "__init__", "__main__"),
 ]
 RANK = {name: rank for rank, names in enumerate(LEVELS) for name in names}

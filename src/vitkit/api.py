@@ -6,8 +6,7 @@ import os
 
 from torch import nn
 
-from .efficiency import optimize
-from .weights import load as load_float
+from .efficiency.optimize import load_optimized
 
 
 def load(directory: str | os.PathLike, strict: bool = True, optimized: bool = True, **overrides) -> nn.Module:
@@ -16,10 +15,4 @@ def load(directory: str | os.PathLike, strict: bool = True, optimized: bool = Tr
 
     A `vitkit optimize` directory holds the float weights and the spec; the spec is applied unless
     `optimized=False`."""
-    model = load_float(directory, strict=strict, **overrides)
-    spec = (model.metadata or {}).get("optimize")
-    if spec and optimized:
-        name, metadata, cfg = model.model_name, model.metadata, getattr(model, "pretrained_cfg", {})
-        model = optimize(model.eval(), spec)
-        model.model_name, model.metadata, model.pretrained_cfg = name, metadata, cfg
-    return model
+    return load_optimized(directory, strict=strict, optimized=optimized, **overrides)

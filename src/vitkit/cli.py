@@ -372,6 +372,47 @@ def cmd_bench(args) -> int:
     return 0 if failed < len(results["rows"]) else 1
 
 
+def _floats(text: str, option: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{option} takes comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    values = _floats(text, option)
+    if any(v != int(v) for v in values):
+        raise ValueError(f"{option} takes comma-separated whole numbers, got {text!r}")
+    return tuple(int(v) for v in values)
+
+
+def _parse_val_split(text: str) -> float | int:
+    value = _floats(text, "--val-split")
+    if len(value) != 1:
+        raise ValueError(f"--val-split takes one count or fraction, got {text!r}")
+    return int(value[0]) if value[0].is_integer() else value[0]
+
+
+def cmd_probe(args) -> int:
+    from vitkit.probe import FeatureCache, ProbeOptions, run_probe, write_all
+    from vitkit.probe.report import table
+
+    options = ProbeOptions(
+        data=args.data, protocols=tuple(p.strip() for p in args.protocols.split(",") if p.strip()),
+        val_split=_parse_val_split(args.val_split) if args.val_split is not None else None, blocks=args.blocks,
+        tokens=args.tokens, ks=_ints(args.k, "--k"), temperature=args.temperature, lrs=_floats(args.lrs, "--lrs"),
+        linear_epochs=args.linear_epochs, batchnorm=args.batchnorm, Cs=_floats(args.C, "--C"), ways=args.ways,
+        shots=_ints(args.shots, "--shots"), queries=args.queries, episodes=args.episodes,
+        feature_dtype=args.feature_dtype, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet)
+    report = run_probe(args.backbones, options, FeatureCache(args.cache_dir))
+    written = write_all(report, args.out)
+    print(table(report))
+    forwarded = sum(r["forward_images"] for r in report["results"])
+    print(f"\nforward passes: {forwarded} images (features cached in {report['cache_dir']})")
+    print(f"written: {', '.join(map(str, written))}")
+    return 0
+
+
 PRETRAIN_OBJECTIVES = ("mae", "dino")
 
 
@@ -482,6 +523,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report directory (replaced as a whole when the run completes)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("probe", help="frozen-feature kNN, linear probe and few-shot of backbones, on cached features",
+                       description="Compare backbones on frozen features: BACKBONE is a model directory, "
+                       "random:DIR_OR_NAME (same architecture, fresh seeded weights), a registered model name "
+                       "(random init) or 'pixels'. Selection (k, learning rate, C) uses the validation split; the "
+                       "test split is evaluated once.")
+    p.add_argument("backbones", nargs="+", metavar="BACKBONE")
+    p.add_argument("--data", default="digits", help="dataset (default: digits)")
+    p.add_argument("--protocols", default="knn,linear,fewshot", help="comma-separated: knn, linear, logreg, fewshot")
+    p.add_argument("--val-split", help="validation images carved from train (count or fraction)")
+    p.add_argument("--blocks", type=int, help="last blocks/stages cached and offered to the linear grid (default: "
+                   "4, or all a model has when fewer)")
+    p.add_argument("--tokens", default="pooled", help="feature for knn/logreg/fewshot: pooled, cls, patch_mean, "
+                   "cls+patch_mean (of the last --blocks blocks)")
+    p.add_argument("--k", default="10,20,100,200", help="kNN neighbour counts (selected on val)")
+    p.add_argument("--temperature", type=float, default=0.07, help="kNN vote temperature")
+    p.add_argument("--lrs", default="1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,1e-1", help="linear-probe learning rates")
+    p.add_argument("--linear-epochs", type=int, default=10)
+    p.add_argument("--batchnorm", action="store_true", help="BatchNorm (no affine) before the linear layer (MAE)")
+    p.add_argument("--C", default="0.01,0.1,1,10,100", help="logreg inverse regularisation strengths")
+    p.add_argument("--ways", type=int, default=5)
+    p.add_argument("--shots", default="1,5")
+    p.add_argument("--queries", type=int, default=15)
+    p.add_argument("--episodes", type=int, default=600)
+    p.add_argument("--feature-dtype", default="float32", help="cache storage: float32 or float16")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0, help="random-init weights and few-shot episodes")
+    p.add_argument("--cache-dir", help="feature cache (default: $VITKIT_CACHE_DIR or ~/.cache/vitkit/features)")
+    p.add_argument("--out", default="runs/probe", help="report directory (probe.json, .csv, .html, .png)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("predict", help="top-k classes for image files")
     p.add_argument("checkpoint", help="model directory (e.g. runs/digits/best)")

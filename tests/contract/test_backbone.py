@@ -123,3 +123,27 @@ def test_input_spec_carries_the_named_weights_preprocessing(name, tmp_path):
     vitkit.save(model, tmp_path / "trained", metadata=recorded)
     trained = vitkit.load(tmp_path / "trained").input_spec
     assert (trained.mean, trained.std, trained.crop_pct) == ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6), 1.0)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_probe_features_from_every_family(name):
+    """`vitkit probe` reads any model through the contract: pooled, per-block patch means (stages differ in
+    width), the class token where there is one; every feature set the linear grid offers."""
+    from vitkit.data.base import DatasetInfo, InMemoryImageDataset
+    from vitkit.probe.features import cached_blocks, extract, feature_sets, has_class_token, select
+
+    model = tiny(name, num_classes=0)
+    spec = model.input_spec
+    info = DatasetInfo("tiny", 2, ("a", "b"), spec.in_chans, spec.img_size[0], (0.5,) * spec.in_chans,
+                       (0.5,) * spec.in_chans)
+    images = torch.randint(0, 256, (3, spec.in_chans, *spec.img_size), dtype=torch.uint8)
+    dataset = InMemoryImageDataset(images, torch.tensor([0, 1, 0]), info)
+    blocks = min(2, len(model.feature_info))
+    features = extract(model, dataset, lambda x: x.float() / 255, blocks=blocks, batch_size=2)
+    assert features["pooled"].shape == (3, model.num_features) and cached_blocks(features) == blocks
+    assert features["patch_mean/1"].shape == (3, model.feature_info[-1].num_chs)
+    assert ("cls/1" in features) == has_class_token(model)
+    sets = feature_sets(features, (1, blocks))
+    assert len(sets) == (4 if has_class_token(model) else 2) // (2 if blocks == 1 else 1)
+    assert all(torch.isfinite(v).all() and len(v) == 3 for v in sets.values())
+    assert select(features, "patch_mean", blocks).shape[1] == sum(i.num_chs for i in model.feature_info[-blocks:])

@@ -124,8 +124,16 @@ def eval_transform(
 
 
 def saved_model_eval_transform(spec, meta: dict, fallback_mean=None, fallback_std=None, pretrained: dict | None = None):
-    """The eval transform of a saved model: its input size (`spec`, the model's InputSpec), and the mean, std
-    and crop_pct its training run recorded in the metadata; else those of its weights' `pretrained` cfg (a
+    """`eval_transform` with the parameters `saved_model_eval_params` gives."""
+    p = saved_model_eval_params(spec, meta, fallback_mean, fallback_std, pretrained)
+    return lambda images: eval_transform(images, p["size"], p["crop_pct"], p["mean"], p["std"])
+
+
+def saved_model_eval_params(spec, meta: dict, fallback_mean=None, fallback_std=None,
+                            pretrained: dict | None = None) -> dict:
+    """The eval transform's parameters (size, crop_pct, mean, std) of a saved model: its input size (`spec`, the
+    model's InputSpec), and the mean, std and crop_pct its training run recorded in the metadata; else those of
+    its weights' `pretrained` cfg (a
     registered name's, or a Hugging Face preprocessor_config.json's); else the fallbacks (the dataset's),
     else 0.5 and no crop. Values that cannot work (std <= 0, crop_pct outside (0, 1], one mean per channel
     missing) are a ValueError."""
@@ -139,7 +147,8 @@ def saved_model_eval_transform(spec, meta: dict, fallback_mean=None, fallback_st
         mean, std = (sum(mean) / len(mean),) * spec.in_chans, (sum(std) / len(std),) * spec.in_chans
     crop_pct = meta.get("crop_pct") if meta.get("crop_pct") is not None else pretrained.get("crop_pct", 1.0)
     size = spec.img_size[0]  # square inputs: every family's named configs are square
-    return lambda images: eval_transform(images, size, crop_pct, mean, std)
+    return {"size": size, "crop_pct": float(crop_pct), "mean": [float(m) for m in mean],
+            "std": [float(s) for s in std]}
 
 
 class EvalTransform:

@@ -67,3 +67,17 @@ def example_input(model: nn.Module, batch: int = 2) -> torch.Tensor:
     """Random images of the size and channels the model's input spec declares, on its device."""
     spec = input_spec_of(model)
     return torch.randn(batch, spec.in_chans, *spec.img_size, device=next(model.parameters()).device)
+
+
+def load_optimized(directory, strict: bool = True, optimized: bool = True, **overrides) -> nn.Module:
+    """`vitkit.load`: the weights package's `load` (the float model a directory describes) plus the optimize
+    spec a `vitkit optimize` directory records, applied unless `optimized=False`."""
+    from ..weights import load as load_float
+
+    model = load_float(directory, strict=strict, **overrides)
+    spec = (model.metadata or {}).get("optimize")
+    if spec and optimized:
+        name, metadata, cfg = model.model_name, model.metadata, getattr(model, "pretrained_cfg", {})
+        model = optimize(model.eval(), spec)
+        model.model_name, model.metadata, model.pretrained_cfg = name, metadata, cfg
+    return model

@@ -14,7 +14,8 @@ from .patch_embed import check_image_input
 
 class ConvStem(nn.Module):
     def __init__(
-        self, img_size: int, in_chans: int, embed_dim: int, channels: tuple[int, ...], strides: tuple[int, ...] = ()
+        self, img_size: int, in_chans: int, embed_dim: int, channels: tuple[int, ...], strides: tuple[int, ...] = (),
+        dynamic_img_size: bool = False,
     ):
         super().__init__()
         strides = tuple(strides) or (2,) * len(channels)
@@ -23,6 +24,8 @@ class ConvStem(nn.Module):
                              f"strides {strides}")
         self.img_size = img_size
         self.in_chans = in_chans
+        self.strides = strides
+        self.dynamic_img_size = dynamic_img_size  # any input size: the token grid follows it
         self.patch_size = 2 ** strides.count(2)  # total stride
         grid = img_size
         stages, width = [], in_chans
@@ -34,6 +37,12 @@ class ConvStem(nn.Module):
         self.grid_size = grid
         self.num_patches = grid**2
 
+    def output_grid(self, h: int, w: int) -> tuple[int, int]:
+        """The token grid of an h x w input: each stride-2 stage (padding 1) halves it, rounding up."""
+        for stride in self.strides:
+            h, w = (h + stride - 1) // stride, (w + stride - 1) // stride
+        return h, w
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_input(x, self.in_chans, self.img_size)
+        check_image_input(x, self.in_chans, None if self.dynamic_img_size else self.img_size)
         return self.proj(self.stem(x)).flatten(2).transpose(1, 2)

@@ -89,8 +89,6 @@ class ViTConfig:
             raise ValueError(f"mlp_layer={self.mlp_layer!r} is not one of {sorted(MLP_LAYERS)}")
         if not isinstance(self.pos_embed_interp, str) or self.pos_embed_interp not in POS_EMBED_INTERP:
             raise ValueError(f"pos_embed_interp={self.pos_embed_interp!r} is not one of {sorted(POS_EMBED_INTERP)}")
-        if self.dynamic_img_size and self.conv_stem:
-            raise ValueError("dynamic_img_size needs the patch projection, not a conv stem")
         if self.global_pool == "map" and self.distilled:
             raise ValueError("global_pool='map' (attention pooling) does not go with a distillation head")
         if self.global_pool == "token" and not self.class_token:
@@ -125,7 +123,8 @@ class VisionTransformer(nn.Module):
         self.grad_checkpointing = False
 
         self.patch_embed = (
-            ConvStem(c.img_size, c.in_chans, c.embed_dim, c.conv_stem, c.conv_stem_strides) if c.conv_stem
+            ConvStem(c.img_size, c.in_chans, c.embed_dim, c.conv_stem, c.conv_stem_strides,
+                     dynamic_img_size=c.dynamic_img_size) if c.conv_stem
             else PatchEmbed(c.img_size, c.patch_size, c.in_chans, c.embed_dim, bias=not c.pre_norm,
                             dynamic_img_size=c.dynamic_img_size)
         )
@@ -215,6 +214,8 @@ class VisionTransformer(nn.Module):
         """The patch grid (h, w) of images `x` (B, C, H, W)."""
         if not self.config.dynamic_img_size:
             return (self.patch_embed.grid_size,) * 2
+        if self.config.conv_stem:
+            return self.patch_embed.output_grid(x.shape[-2], x.shape[-1])
         p = self.patch_embed.patch_size
         return x.shape[-2] // p, x.shape[-1] // p
 
