@@ -23,8 +23,9 @@ from vitkit.bench.timing import machine_line
 from vitkit.cli import _parse_set
 from vitkit.training import TrainConfig, load_recipe, train
 
-# ~470 / ~700 / ~860 optimizer steps at batch 128: 60k / 90k / 110k images, 2-4 minutes a run in bf16 here
-EPOCHS = {"60": 100, "600": 15, "all": 2}
+# ~400 / ~700 / ~430 optimizer steps at batch 128 (600 / 6,000 / 55,000 labelled images): 50k / 90k / 55k
+# images, about 3 / 4 / 2.5 minutes a run in bf16 on 2 AVX512-BF16 cores
+EPOCHS = {"60": 100, "600": 15, "all": 1}
 
 
 def finetune(pretrained: str | None, labels: str, seed: int, out: Path, overrides: dict) -> tuple[float, float]:

@@ -87,7 +87,7 @@ def main() -> int:
     order = torch.randperm(len(bank), generator=g)
     tr, va = order[:n], order[n:n + 5000]
     sets = feature_sets(train, (1, 4))
-    lrs = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    lrs = ProbeOptions(data="fashion-mnist").lrs
     heads = len(lrs) * len(sets)
     grid_t, sk_t = [], []
     for _ in range(2):

@@ -539,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "cls+patch_mean (of the last --blocks blocks)")
     p.add_argument("--k", default="10,20,100,200", help="kNN neighbour counts (selected on val)")
     p.add_argument("--temperature", type=float, default=0.07, help="kNN vote temperature")
-    p.add_argument("--lrs", default="1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,1e-1", help="linear-probe learning rates")
+    p.add_argument("--lrs", default="1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,1e-1,3e-1,1", help="linear-probe learning rates")
     p.add_argument("--linear-epochs", type=int, default=10)
     p.add_argument("--batchnorm", action="store_true", help="BatchNorm (no affine) before the linear layer (MAE)")
     p.add_argument("--C", default="0.01,0.1,1,10,100", help="logreg inverse regularisation strengths")

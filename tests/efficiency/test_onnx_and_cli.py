@@ -6,15 +6,6 @@ import torch
 import vitkit
 from vitkit.cli import main
 from vitkit.efficiency.onnx_export import OnnxModel, export_onnx, quantize_onnx_int8
-from vitkit.training import TrainConfig, load_recipe, train
-
-
-@pytest.fixture(scope="module")
-def trained_digits(tmp_path_factory):
-    out = tmp_path_factory.mktemp("digits")
-    recipe = {**load_recipe("digits"), "output": str(out), "epochs": 20, "eval_every": 20, "progress": False}
-    train(TrainConfig.from_dict(recipe))  # ~25 s to ~90% top-1 on the 1,294 training images left beside validation
-    return out / "best"
 
 
 @pytest.fixture(scope="module")

@@ -18,17 +18,10 @@ PICO = {"embed_dim": 32, "depth": 2, "num_heads": 2, "conv_stem": [16, 32], "con
 FAST = dict(data="digits", linear_epochs=3, lrs=(1e-3, 1e-2), episodes=50, progress=False, blocks=2)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A digits model with some training (a few epochs), saved as a training run would."""
-    from vitkit.training import TrainConfig, load_recipe, train
-
-    out = tmp_path_factory.mktemp("digits_run")
-    options = {**load_recipe("digits"), "model_kwargs": PICO, "epochs": 12, "batch_size": 64, "lr": 3e-3,
-               "warmup_epochs": 1, "eval_every": 12, "output": str(out), "progress": False}
-    summary = train(TrainConfig.from_dict(options), overwrite=True)
-    assert summary["report"].top1 > 0.8  # a trained model, or the comparisons below mean nothing
-    return out / "final"
+@pytest.fixture
+def trained(trained_digits):
+    """The digits recipe's model (conv stem, 4 blocks, mean-pooled, no class token), trained (conftest)."""
+    return trained_digits
 
 
 def _count_forwards(monkeypatch) -> list[int]:
@@ -59,7 +52,7 @@ def test_probe_compares_backbones_and_a_second_run_does_no_forward_pass(trained,
         assert trained_result[protocol]["test_top1"] > random_result[protocol]["test_top1"], protocol
     assert by_name["pixels"]["knn"]["test_top1"] > 0.9
     assert trained_result["knn"]["selected_k"] in (5, 20)
-    assert len(trained_result["linear"]["val_top1"]) == 2 * 4  # 2 lrs x {last1, last2} x {cls, cls+patch_mean}
+    assert len(trained_result["linear"]["val_top1"]) == 2 * 2  # 2 lrs x {last1, last2} patch means (no class token)
     shots = {e["shots"]: e for e in trained_result["fewshot"]}
     assert set(shots) == {1, 5} and shots[5]["mean"] > shots[1]["mean"] > 0.2
 
@@ -116,8 +109,8 @@ def test_corrupt_foreign_and_old_cache_entries(trained, tmp_path, monkeypatch):
 
 def test_float16_cache_and_feature_choices(trained, tmp_path):
     cache = FeatureCache(tmp_path / "cache", log=lambda m: None)
-    opts32 = ProbeOptions(protocols=("knn",), ks=(5,), tokens="cls+patch_mean", **FAST)
-    opts16 = ProbeOptions(protocols=("knn",), ks=(5,), tokens="cls+patch_mean", feature_dtype="float16", **FAST)
+    opts32 = ProbeOptions(protocols=("knn",), ks=(5,), tokens="patch_mean", **FAST)
+    opts16 = ProbeOptions(protocols=("knn",), ks=(5,), tokens="patch_mean", feature_dtype="float16", **FAST)
     a = run_probe([str(trained)], opts32, cache, log=lambda m: None)["results"][0]
     b = run_probe([str(trained)], opts16, cache, log=lambda m: None)["results"][0]
     assert b["forward_images"] > 0  # a float16 entry is its own entry
@@ -128,7 +121,7 @@ def test_float16_cache_and_feature_choices(trained, tmp_path):
 
 def test_bad_input_is_named(trained, tmp_path):
     cache = FeatureCache(tmp_path / "cache", log=lambda m: None)
-    with pytest.raises(ValueError, match="blocks=9: .* has 2 blocks/stages .* expected a count from 1 to 2"):
+    with pytest.raises(ValueError, match="blocks=9: .* has 4 blocks/stages .* expected a count from 1 to 4"):
         run_probe([str(trained)], ProbeOptions(**{**FAST, "blocks": 9}), cache, log=lambda m: None)
     with pytest.raises(ValueError, match=r"k=5000 is larger than the kNN bank \(1294 training images of digits\)"):
         run_probe(["pixels"], ProbeOptions(protocols=("knn",), ks=(5000,), **FAST), cache, log=lambda m: None)
@@ -136,10 +129,8 @@ def test_bad_input_is_named(trained, tmp_path):
         ProbeOptions(data="digits", protocols=("knn", "svm"))
     with pytest.raises(ValueError, match="no_such_model' is neither a model directory nor a registered model"):
         run_probe(["no_such_model"], ProbeOptions(**FAST), cache, log=lambda m: None)
-    no_cls = vitkit.create_model("vit_pico_patch2_8", num_classes=0, class_token=False, global_pool="avg", **PICO)
-    vitkit.save(no_cls, tmp_path / "no_cls")
-    with pytest.raises(ValueError, match="no_cls has no class token: use --tokens patch_mean or pooled"):
-        run_probe([str(tmp_path / "no_cls")], ProbeOptions(**{**FAST, "tokens": "cls"}), cache, log=lambda m: None)
+    with pytest.raises(ValueError, match="best has no class token: use --tokens patch_mean or pooled"):
+        run_probe([str(trained)], ProbeOptions(**{**FAST, "tokens": "cls"}), cache, log=lambda m: None)
     with pytest.raises(ValueError, match="raw pixels have no tokens"):
         run_probe(["pixels"], ProbeOptions(**{**FAST, "tokens": "cls"}), cache, log=lambda m: None)
 

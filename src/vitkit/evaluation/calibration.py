@@ -4,7 +4,7 @@ variants, negative log-likelihood and the Brier score; temperature scaling fitte
 
 Pure functions on logits and labels (tensors); the trust report and its tests call them."""
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -86,7 +86,7 @@ class CalibrationReport:
     accuracy: float
 
     def to_dict(self) -> dict:
-        return dict(vars(self))
+        return asdict(self)
 
 
 def calibration_report(logits: Tensor, labels: Tensor, bins: int = BINS) -> CalibrationReport:

@@ -20,7 +20,7 @@ PIXELS = "pixels"
 @dataclass
 class Backbone:
     label: str  # as given on the command line
-    kind: str  # "pretrained", "random init" or "raw pixels"
+    kind: str  # "trained" (weights from a directory), "random init" or "raw pixels"
     model: nn.Module | None
     transform: dict = field(default_factory=dict)  # eval transform parameters (size, crop_pct, mean, std)
     optimize: str = "none"
@@ -51,7 +51,7 @@ def resolve(spec: str, info, seed: int = 0) -> Backbone:
         params = saved_model_eval_params(model.input_spec, meta, info.mean, info.std,
                                          None if random_init else getattr(model, "pretrained_cfg", None))
         optimize = meta.get("optimize", "none") if not random_init else "none"
-        return Backbone(spec, "random init" if random_init else "pretrained", model, params, optimize)
+        return Backbone(spec, "random init" if random_init else "trained", model, params, optimize)
     if target in list_models():
         torch.manual_seed(seed)
         model = create_model(target, num_classes=0, in_chans=info.in_chans).eval()

@@ -41,6 +41,15 @@ def _cells(result: dict) -> dict[str, float]:
     return {("kNN (k on val)" if k.startswith("kNN (k=") else k): v for k, v in headline(result).items()}
 
 
+def _shown(result: dict, column: str) -> str:
+    """A cell as text: percent, and the 95% interval of few-shot episodes."""
+    cells = _cells(result)
+    if column not in cells:
+        return "-"
+    ci = {f"{e['ways']}-way {e['shots']}-shot": e["ci95"] for e in result.get("fewshot", [])}
+    return f"{cells[column] * 100:.2f}%" + (f" +- {ci[column] * 100:.2f}" if column in ci else "")
+
+
 def csv_text(report: dict) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
@@ -74,15 +83,19 @@ def html_text(report: dict) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in ["backbone", "kind", *columns])
     rows = []
     for r in report["results"]:
-        cells = _cells(r)
-        values = "".join(f"<td>{cells[c] * 100:.2f}%</td>" if c in cells else "<td>-</td>" for c in columns)
+        values = "".join(f"<td>{html.escape(_shown(r, c))}</td>" for c in columns)
         rows.append(f"<tr><td>{html.escape(r['backbone'])}</td><td>{html.escape(r['kind'])}</td>{values}</tr>")
     return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>vitkit probe: {html.escape(report['data'])}"
             "</title><style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
             "padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}</style></head><body>"
             f"<h1>Frozen-feature probes on {html.escape(report['data'])}</h1><p>Test top-1 of what each protocol "
-            "selected on the validation split; few-shot: mean accuracy of the episodes.</p>"
+            "selected on the validation split; few-shot: mean accuracy of the episodes +- their 95% interval.</p>"
             f"<table><tr>{head}</tr>{''.join(rows)}</table></body></html>\n")
+
+
+def _short(label: str, limit: int = 44) -> str:
+    """A legend label: long paths keep their start (random:, the run) and end (best/)."""
+    return label if len(label) <= limit else f"{label[:14]}...{label[-(limit - 17):]}"
 
 
 def save_chart(report: dict, path: Path) -> bool:
@@ -101,7 +114,7 @@ def save_chart(report: dict, path: Path) -> bool:
     for i, r in enumerate(results):
         cells = _cells(r)
         xs = [j + i * width for j, c in enumerate(columns) if c in cells]
-        ax.bar(xs, [cells[c] * 100 for c in columns if c in cells], width, label=r["backbone"][-40:])
+        ax.bar(xs, [cells[c] * 100 for c in columns if c in cells], width, label=_short(r["backbone"]))
     ax.set_xticks([j + width * (len(results) - 1) / 2 for j in range(len(columns))], columns, rotation=15)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"frozen-feature probes: {report['data']}")
@@ -129,7 +142,6 @@ def table(report: dict) -> str:
     columns = _columns(report)
     lines = ["| backbone | kind | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
     for r in report["results"]:
-        cells = _cells(r)
-        values = " | ".join(f"{cells[c] * 100:.2f}%" if c in cells else "-" for c in columns)
+        values = " | ".join(_shown(r, c) for c in columns)
         lines.append(f"| {r['backbone']} | {r['kind']} | {values} |")
     return "\n".join(lines)
