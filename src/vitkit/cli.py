@@ -401,7 +401,8 @@ def cmd_probe(args) -> int:
         data=args.data, protocols=tuple(p.strip() for p in args.protocols.split(",") if p.strip()),
         val_split=_parse_val_split(args.val_split) if args.val_split is not None else None, blocks=args.blocks,
         tokens=args.tokens, ks=_ints(args.k, "--k"), temperature=args.temperature, lrs=_floats(args.lrs, "--lrs"),
-        linear_epochs=args.linear_epochs, batchnorm=args.batchnorm, Cs=_floats(args.C, "--C"), ways=args.ways,
+        linear_epochs=args.linear_epochs, batchnorm=args.batchnorm, Cs=_floats(args.C, "--C"),
+        logreg_max_iter=args.logreg_max_iter, ways=args.ways,
         shots=_ints(args.shots, "--shots"), queries=args.queries, episodes=args.episodes,
         feature_dtype=args.feature_dtype, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet)
     report = run_probe(args.backbones, options, FeatureCache(args.cache_dir))
@@ -543,6 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--linear-epochs", type=int, default=10)
     p.add_argument("--batchnorm", action="store_true", help="BatchNorm (no affine) before the linear layer (MAE)")
     p.add_argument("--C", default="0.01,0.1,1,10,100", help="logreg inverse regularisation strengths")
+    p.add_argument("--logreg-max-iter", type=int, default=200, help="L-BFGS iterations per C (warm-started)")
     p.add_argument("--ways", type=int, default=5)
     p.add_argument("--shots", default="1,5")
     p.add_argument("--queries", type=int, default=15)

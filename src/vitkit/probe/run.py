@@ -43,6 +43,7 @@ class ProbeOptions:
     linear_epochs: int = 10
     batchnorm: bool = False
     Cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
+    logreg_max_iter: int = 200  # L-BFGS iterations per C (warm-started): bounds a sweep on 50k+ rows to minutes
     ways: int = 5
     shots: tuple[int, ...] = (1, 5)
     queries: int = 15
@@ -61,7 +62,7 @@ class ProbeOptions:
                              f"{', '.join(PROTOCOLS)}")
         if self.feature_dtype not in FEATURE_DTYPES:
             raise ValueError(f"feature dtype {self.feature_dtype!r} is not one of {', '.join(FEATURE_DTYPES)}")
-        for name in ("blocks", "linear_epochs", "ways", "queries", "episodes", "batch_size"):
+        for name in ("blocks", "linear_epochs", "logreg_max_iter", "ways", "queries", "episodes", "batch_size"):
             value = getattr(self, name)
             if name == "blocks" and value is None:
                 continue
@@ -176,7 +177,8 @@ def probe_backbone(backbone: Backbone, opts: ProbeOptions, cache: FeatureCache, 
         result["linear"] = grid.to_dict()
     if "logreg" in opts.protocols:
         sweep = logistic_regression_sweep(chosen["train"], labels["train"], chosen["val"], labels["val"],
-                                          chosen["test"], labels["test"], num_classes, Cs=opts.Cs)
+                                          chosen["test"], labels["test"], num_classes, Cs=opts.Cs,
+                                          max_iter=opts.logreg_max_iter)
         result["logreg"] = sweep.to_dict()
     if "fewshot" in opts.protocols:
         center = chosen["train"].mean(dim=0)
