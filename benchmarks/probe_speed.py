@@ -39,13 +39,10 @@ def features(backbone: str, cache_dir: str | None):
     return ex.split("train"), ex.split("test")
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+def timed(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
 
 
 def main() -> int:
@@ -71,10 +68,10 @@ def main() -> int:
     # kNN: interleaved rounds, each one run of each
     ours_t, theirs_t = [], []
     for _ in range(args.repeats + 1):
-        t, ours = timed(lambda: knn_classify(bank, bank_y, queries, 10, ks=(20,), weighting="uniform")[20], 1)
+        t, ours = timed(lambda: knn_classify(bank, bank_y, queries, 10, ks=(20,), weighting="uniform")[20])
         ours_t.append(t)
         knn = KNeighborsClassifier(n_neighbors=20, metric="cosine", algorithm="brute", weights="uniform")
-        t, theirs = timed(lambda: knn.fit(bank.numpy(), bank_y.numpy()).predict(queries.numpy()), 1)  # noqa: B023
+        t, theirs = timed(lambda: knn.fit(bank.numpy(), bank_y.numpy()).predict(queries.numpy()))  # noqa: B023
         theirs_t.append(t)
     ours_s, theirs_s = statistics.median(ours_t[1:]), statistics.median(theirs_t[1:])  # first round: warm-up
     same = bool(np.array_equal(ours.numpy(), theirs))
@@ -93,7 +90,7 @@ def main() -> int:
     for _ in range(2):
         t, result = timed(lambda: linear_probe_grid({k: v[tr] for k, v in sets.items()}, bank_y[tr],
                                                     {k: v[va] for k, v in sets.items()}, bank_y[va], None, None, 10,
-                                                    lrs=lrs, epochs=10), 1)
+                                                    lrs=lrs, epochs=10))
         grid_t.append(t)
         start = time.perf_counter()
         for name in sets:

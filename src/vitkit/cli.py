@@ -95,9 +95,13 @@ def _run_options(args, flags: dict) -> dict:
     options.update(_parse_set(args.set))
     if args.quiet:
         options["progress"] = False
-    if isinstance(options.get("val_split"), float) and options["val_split"].is_integer():
-        options["val_split"] = int(options["val_split"])
+    options["val_split"] = _count_or_fraction(options.get("val_split"))
     return options
+
+
+def _count_or_fraction(value):
+    """--val-split arrives as a float: 5000.0 is a count of images, 0.1 a fraction."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def cmd_pretrain(args) -> int:
@@ -386,11 +390,8 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
-def _parse_val_split(text: str) -> float | int:
-    value = _floats(text, "--val-split")
-    if len(value) != 1:
-        raise ValueError(f"--val-split takes one count or fraction, got {text!r}")
-    return int(value[0]) if value[0].is_integer() else value[0]
+def _listed(values) -> str:
+    return ",".join(f"{v:g}" for v in values)
 
 
 def cmd_probe(args) -> int:
@@ -399,7 +400,7 @@ def cmd_probe(args) -> int:
 
     options = ProbeOptions(
         data=args.data, protocols=tuple(p.strip() for p in args.protocols.split(",") if p.strip()),
-        val_split=_parse_val_split(args.val_split) if args.val_split is not None else None, blocks=args.blocks,
+        val_split=_count_or_fraction(args.val_split), blocks=args.blocks,
         tokens=args.tokens, ks=_ints(args.k, "--k"), temperature=args.temperature, lrs=_floats(args.lrs, "--lrs"),
         linear_epochs=args.linear_epochs, batchnorm=args.batchnorm, Cs=_floats(args.C, "--C"),
         logreg_max_iter=args.logreg_max_iter, ways=args.ways,
@@ -525,6 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_bench)
 
+    from vitkit.probe.run import ProbeOptions
+
+    probe = ProbeOptions(data="digits")  # the probe flags' defaults are the options' own
     p = sub.add_parser("probe", help="frozen-feature kNN, linear probe and few-shot of backbones, on cached features",
                        description="Compare backbones on frozen features: BACKBONE is a model directory, "
                        "random:DIR_OR_NAME (same architecture, fresh seeded weights), a registered model name "
@@ -532,26 +536,28 @@ def build_parser() -> argparse.ArgumentParser:
                        "test split is evaluated once.")
     p.add_argument("backbones", nargs="+", metavar="BACKBONE")
     p.add_argument("--data", default="digits", help="dataset (default: digits)")
-    p.add_argument("--protocols", default="knn,linear,fewshot", help="comma-separated: knn, linear, logreg, fewshot")
-    p.add_argument("--val-split", help="validation images carved from train (count or fraction)")
+    p.add_argument("--protocols", default=",".join(probe.protocols),
+                   help="comma-separated: knn, linear, logreg, fewshot")
+    p.add_argument("--val-split", type=float, help="validation images carved from train (count or fraction)")
     p.add_argument("--blocks", type=int, help="last blocks/stages cached and offered to the linear grid (default: "
                    "4, or all a model has when fewer)")
-    p.add_argument("--tokens", default="pooled", help="feature for knn/logreg/fewshot: pooled, cls, patch_mean, "
+    p.add_argument("--tokens", default=probe.tokens, help="feature for knn/logreg/fewshot: pooled, cls, patch_mean, "
                    "cls+patch_mean (of the last --blocks blocks)")
-    p.add_argument("--k", default="10,20,100,200", help="kNN neighbour counts (selected on val)")
-    p.add_argument("--temperature", type=float, default=0.07, help="kNN vote temperature")
-    p.add_argument("--lrs", default="1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,1e-1,3e-1,1", help="linear-probe learning rates")
-    p.add_argument("--linear-epochs", type=int, default=10)
+    p.add_argument("--k", default=_listed(probe.ks), help="kNN neighbour counts (selected on val)")
+    p.add_argument("--temperature", type=float, default=probe.temperature, help="kNN vote temperature")
+    p.add_argument("--lrs", default=_listed(probe.lrs), help="linear-probe learning rates")
+    p.add_argument("--linear-epochs", type=int, default=probe.linear_epochs)
     p.add_argument("--batchnorm", action="store_true", help="BatchNorm (no affine) before the linear layer (MAE)")
-    p.add_argument("--C", default="0.01,0.1,1,10,100", help="logreg inverse regularisation strengths")
-    p.add_argument("--logreg-max-iter", type=int, default=200, help="L-BFGS iterations per C (warm-started)")
-    p.add_argument("--ways", type=int, default=5)
-    p.add_argument("--shots", default="1,5")
-    p.add_argument("--queries", type=int, default=15)
-    p.add_argument("--episodes", type=int, default=600)
-    p.add_argument("--feature-dtype", default="float32", help="cache storage: float32 or float16")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0, help="random-init weights and few-shot episodes")
+    p.add_argument("--C", default=_listed(probe.Cs), help="logreg inverse regularisation strengths")
+    p.add_argument("--logreg-max-iter", type=int, default=probe.logreg_max_iter,
+                   help="L-BFGS iterations per C (warm-started)")
+    p.add_argument("--ways", type=int, default=probe.ways)
+    p.add_argument("--shots", default=_listed(probe.shots))
+    p.add_argument("--queries", type=int, default=probe.queries)
+    p.add_argument("--episodes", type=int, default=probe.episodes)
+    p.add_argument("--feature-dtype", default=probe.feature_dtype, help="cache storage: float32 or float16")
+    p.add_argument("--batch-size", type=int, default=probe.batch_size)
+    p.add_argument("--seed", type=int, default=probe.seed, help="random-init weights and few-shot episodes")
     p.add_argument("--cache-dir", help="feature cache (default: $VITKIT_CACHE_DIR or ~/.cache/vitkit/features)")
     p.add_argument("--out", default="runs/probe", help="report directory (probe.json, .csv, .html, .png)")
     p.add_argument("--quiet", action="store_true", help="no progress display")

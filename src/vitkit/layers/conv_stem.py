@@ -27,15 +27,14 @@ class ConvStem(nn.Module):
         self.strides = strides
         self.dynamic_img_size = dynamic_img_size  # any input size: the token grid follows it
         self.patch_size = 2 ** strides.count(2)  # total stride
-        grid = img_size
         stages, width = [], in_chans
         for out, stride in zip(channels, strides, strict=True):
             stages += [nn.Conv2d(width, out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
-            width, grid = out, (grid + stride - 1) // stride
+            width = out
         self.stem = nn.Sequential(*stages)
         self.proj = nn.Conv2d(width, embed_dim, kernel_size=1)
-        self.grid_size = grid
-        self.num_patches = grid**2
+        self.grid_size = self.output_grid(img_size, img_size)[0]
+        self.num_patches = self.grid_size**2
 
     def output_grid(self, h: int, w: int) -> tuple[int, int]:
         """The token grid of an h x w input: each stride-2 stage (padding 1) halves it, rounding up."""

@@ -95,15 +95,24 @@ class FeatureCache:
         if problem:
             self.log(f"warning: feature cache {path} is corrupt ({problem}): recomputing it")
             return None
-        return {k: v if k == "labels" else v.float() for k, v in tensors.items()}
+        return as_read(tensors)
 
     def save(self, key: dict, tensors: dict[str, torch.Tensor], dtype: str = "float32") -> Path:
         path = self.path(key)
-        stored = {k: v.contiguous() if k == "labels" else v.to(FEATURE_DTYPES[dtype]).contiguous()
-                  for k, v in tensors.items()}
+        stored = as_stored(tensors, dtype)
         metadata = {"format": FORMAT, "key": json.dumps(key, sort_keys=True)}
         atomic_write(path, lambda tmp: save_file(stored, tmp, metadata=metadata))
         return path
+
+
+def as_stored(tensors: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
+    """Features in the storage dtype (labels as they are): what an entry holds."""
+    return {k: (v if k == "labels" else v.to(FEATURE_DTYPES[dtype])).contiguous() for k, v in tensors.items()}
+
+
+def as_read(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An entry's tensors as the probes use them: features in float32."""
+    return {k: v if k == "labels" else v.float() for k, v in tensors.items()}
 
 
 def _check_entry(tensors: dict[str, torch.Tensor], num_images: int) -> str | None:

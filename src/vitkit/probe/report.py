@@ -11,10 +11,11 @@ from ..weights.io import atomic_write, atomic_write_text
 
 
 def headline(result: dict) -> dict[str, float]:
-    """The test numbers of one backbone, one per protocol setting (what the table and chart show)."""
+    """The test numbers of one backbone, one per report column (the table and chart show these; the k, head
+    and C each protocol selected are in probe.json and probe.csv)."""
     row = {}
     if "knn" in result:
-        row[f"kNN (k={result['knn']['selected_k']} on val)"] = result["knn"]["test_top1"]
+        row["kNN (k on val)"] = result["knn"]["test_top1"]
         if result["knn"].get("test_top1_k20") is not None:
             row["kNN k=20"] = result["knn"]["test_top1_k20"]
     if "linear" in result:
@@ -27,23 +28,12 @@ def headline(result: dict) -> dict[str, float]:
 
 
 def _columns(report: dict) -> list[str]:
-    columns = []
-    for result in report["results"]:
-        for name in headline(result):
-            if name.startswith("kNN (k="):
-                name = "kNN (k on val)"
-            if name not in columns:
-                columns.append(name)
-    return columns
-
-
-def _cells(result: dict) -> dict[str, float]:
-    return {("kNN (k on val)" if k.startswith("kNN (k=") else k): v for k, v in headline(result).items()}
+    return list(dict.fromkeys(name for result in report["results"] for name in headline(result)))
 
 
 def _shown(result: dict, column: str) -> str:
     """A cell as text: percent, and the 95% interval of few-shot episodes."""
-    cells = _cells(result)
+    cells = headline(result)
     if column not in cells:
         return "-"
     ci = {f"{e['ways']}-way {e['shots']}-shot": e["ci95"] for e in result.get("fewshot", [])}
@@ -112,7 +102,7 @@ def save_chart(report: dict, path: Path) -> bool:
     width = 0.8 / max(len(results), 1)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(columns) + 2), 4))
     for i, r in enumerate(results):
-        cells = _cells(r)
+        cells = headline(r)
         xs = [j + i * width for j, c in enumerate(columns) if c in cells]
         ax.bar(xs, [cells[c] * 100 for c in columns if c in cells], width, label=_short(r["backbone"]))
     ax.set_xticks([j + width * (len(results) - 1) / 2 for j in range(len(columns))], columns, rotation=15)

@@ -18,7 +18,7 @@ import torch
 
 from ..data import build_dataset
 from .backbones import Backbone, resolve
-from .cache import FEATURE_DTYPES, FeatureCache, dataset_hash, weights_hash
+from .cache import FEATURE_DTYPES, FeatureCache, as_read, as_stored, dataset_hash, weights_hash
 from .features import check_blocks, extract, feature_sets, has_class_token, num_blocks, pixel_features, select
 
 DEFAULT_BLOCKS = 4
@@ -106,7 +106,7 @@ class Extractor:
             start, source = time.perf_counter(), "computed"
             features = self._compute(dataset, name)
             path = self.cache.save(key, features, opts.feature_dtype)
-            features = self.cache.load(key, len(dataset))  # what later runs read: float16 storage included
+            features = as_read(as_stored(features, opts.feature_dtype))  # what later runs read (float16 included)
             seconds = time.perf_counter() - start
             self.log(f"{backbone.label}: {name} features of {len(dataset)} images in {seconds:.0f} s -> {path}")
         self.sources[name] = {"source": source, "images": len(dataset), "path": str(self.cache.path(key))}
