@@ -8,12 +8,12 @@ from conftest import REPO
 
 # low -> high; a package may import those at its level or below (siblings on one level must not loop)
 LEVELS = [
-    ("_version", "layers"),
+    ("_version", "layers", "reporting"),
     ("models",),
     ("weights",),
     ("data", "evaluation", "efficiency"),
     ("training",),
-    ("bench", "probe"),
+    ("bench", "probe", "trust"),
     ("api", "cli", "__init__", "__main__"),
 ]
 RANK = {name: rank for rank, names in enumerate(LEVELS) for name in names}

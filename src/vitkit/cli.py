@@ -63,10 +63,10 @@ _TRAIN_FLAGS = {"model": str, "data": str, "val_split": float, "output": str, "e
                 "lr": float,
                 "weight_decay": float, "drop_path": float, "seed": int, "ckpt_every": int, "workers": int,
                 "teacher": str, "distill": str, "device": str, "init_checkpoint": str, "labels_per_class": int,
-                "label_fraction": float}
+                "label_fraction": float, "classes": str}
 # vitkit pretrain: the same, without the supervised-only ones
 _PRETRAIN_FLAGS = {k: v for k, v in _TRAIN_FLAGS.items()
-                   if k not in ("teacher", "distill", "labels_per_class", "label_fraction")}
+                   if k not in ("teacher", "distill", "labels_per_class", "label_fraction", "classes")}
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -415,6 +415,33 @@ def cmd_probe(args) -> int:
     return 0
 
 
+def _names(text: str | None) -> list[str] | None:
+    """A comma-separated list; None (option not given) stays None, "none" is the empty list."""
+    if text is None:
+        return None
+    return [] if text.strip().lower() == "none" else [v.strip() for v in text.split(",") if v.strip()]
+
+
+def cmd_trust(args) -> int:
+    from vitkit.reporting import check_output_dir
+    from vitkit.trust import TrustOptions, markdown_summary, run_trust, write_report
+
+    out = check_output_dir(Path(args.out), "vitkit trust", markers=("results.json", "predictions"))
+    if not Path(args.checkpoint).is_dir():
+        raise ValueError(f"{args.checkpoint} is not a model directory (expected e.g. runs/fashion_mnist/best)")
+    options = TrustOptions(
+        data=args.data, val_split=_count_or_fraction(args.val_split), alphas=_floats(args.alphas, "--alphas"),
+        conformal_scores=tuple(_names(args.conformal_scores)), corruptions=_names(args.corruptions),
+        severities=_ints(args.severities, "--severities"), sweep_images=args.sweep_images or None,
+        baseline=args.baseline, ood=_names(args.ood), knn_k=args.knn_k, explain_methods=_names(args.explain),
+        explain_images=args.explain_images, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet)
+    results, figures = run_trust(args.checkpoint, out, options)
+    write_report(results, figures, out)
+    print(markdown_summary(results))
+    print(f"written: {out}/report.html, results.json and figures")
+    return 0
+
+
 PRETRAIN_OBJECTIVES = ("mae", "dino")
 
 
@@ -562,6 +589,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/probe", help="report directory (probe.json, .csv, .html, .png)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_probe)
+
+    from vitkit.trust.run import TrustOptions
+
+    trust = TrustOptions()
+    p = sub.add_parser("trust", help="calibration, conformal sets, corruptions, OOD detection and explanations of a "
+                                     "trained classifier, in one report")
+    p.add_argument("checkpoint", help="trained model directory (e.g. runs/fashion_mnist/best)")
+    p.add_argument("--data", help="dataset (default: the one the checkpoint was trained on)")
+    p.add_argument("--val-split", type=float, help="validation images carved from train (default: the training run's)")
+    p.add_argument("--alphas", default=_listed(trust.alphas), help="conformal miscoverage levels")
+    p.add_argument("--conformal-scores", default=",".join(trust.conformal_scores), help="lac, aps, raps")
+    p.add_argument("--corruptions", help="comma-separated corruption names (default: all; 'none' skips the sweep)")
+    p.add_argument("--severities", default=_listed(trust.severities), help="corruption severities (1-5)")
+    p.add_argument("--sweep-images", type=int, default=trust.sweep_images,
+                   help="test images per corruption and severity (0: all)")
+    p.add_argument("--baseline", default=trust.baseline,
+                   help="reference of the mean corruption error: 'pixels' (logistic regression) or a model directory")
+    p.add_argument("--ood", help="OOD sets: heldout, noise, CORRUPTION:SEVERITY or dataset specs (default: heldout "
+                                 "when the model left classes out, digits, noise, severest corruptions; 'none' skips)")
+    p.add_argument("--knn-k", type=int, default=trust.knn_k, help="deep-kNN OOD score: the k-th neighbour")
+    p.add_argument("--explain", help="explanation methods (default: all the family supports; 'none' skips)")
+    p.add_argument("--explain-images", type=int, default=trust.explain_images)
+    p.add_argument("--batch-size", type=int, default=trust.batch_size)
+    p.add_argument("--seed", type=int, default=trust.seed, help="corruptions, noise, randomised scores, random maps")
+    p.add_argument("--out", default="runs/trust", help="report directory (report.html, results.json, PNGs)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=cmd_trust)
 
     p = sub.add_parser("predict", help="top-k classes for image files")
     p.add_argument("checkpoint", help="model directory (e.g. runs/digits/best)")

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import vitkit
+from browser import render
 from vitkit.bench import make_plan, run_bench
 from vitkit.bench.report import COLUMNS, mark_pareto, pareto_front, write_report
 from vitkit.bench.runner import Display, run_worker
@@ -240,25 +241,6 @@ def test_a_worker_that_hangs_is_stopped_and_recorded(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ the browser
-
-
-def chromium() -> str | None:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not found and os.environ.get("VITKIT_REQUIRE_BROWSER"):
-        pytest.fail("chromium is required here (.ci/run installs Debian's chromium) but was not found")
-    if not found:
-        pytest.skip("no chromium on this machine; .ci/run installs it")
-    return found
-
-
-def render(html_path: Path) -> tuple[str, list[str]]:
-    """The DOM after scripts ran, and the page's console messages, from headless chromium."""
-    result = subprocess.run(
-        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
-         "--virtual-time-budget=5000", "--dump-dom", html_path.resolve().as_uri()],
-        capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout, [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
 
 
 def test_report_renders_in_a_real_browser_with_plots_and_no_console_errors(bench_out):

@@ -18,6 +18,11 @@ TINY = {  # architecture -> overrides that keep the family's structure and make 
     "vit": dict(embed_dim=32, depth=2, num_heads=2),
     "convnext": dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32)),
     "swin": dict(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)),
+    "beit": dict(embed_dim=32, depth=2, num_heads=2),
+    "cait": dict(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2),
+    "pvt_v2": dict(depths=(1, 1, 1, 1), embed_dims=(8, 16, 24, 32), num_heads=(1, 1, 1, 1)),
+    "metaformer": dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), head_dim=8, img_size=64),
+    "xcit": dict(img_size=32, embed_dim=32, depth=2, num_heads=2),
 }
 MODELS = list_models()
 

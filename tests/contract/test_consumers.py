@@ -7,9 +7,12 @@ import vitkit
 from vitkit.models import list_models
 from vitkit.training.optim import build_optimizer
 
-HIERARCHICAL = [name for name in ("convnext_tiny", "swin_tiny_patch4_window7_224") if name in list_models()]
+HIERARCHICAL = [name for name in ("convnext_tiny", "swin_tiny_patch4_window7_224", "pvt_v2_b0", "caformer_s18")
+                if name in list_models()]
 SMALL = {"convnext_tiny": dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32)),
-         "swin_tiny_patch4_window7_224": dict(embed_dim=8, depths=(1, 1, 2, 1), num_heads=(1, 1, 1, 1))}
+         "swin_tiny_patch4_window7_224": dict(embed_dim=8, depths=(1, 1, 2, 1), num_heads=(1, 1, 1, 1)),
+         "pvt_v2_b0": dict(depths=(1, 1, 2, 1), embed_dims=(8, 16, 24, 32), num_heads=(1, 1, 1, 1)),
+         "caformer_s18": dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32), head_dim=8)}
 
 
 @pytest.mark.parametrize("name", HIERARCHICAL)
@@ -18,7 +21,7 @@ def test_layer_decay_gives_each_stage_its_own_learning_rate(name):
     optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.05, layer_decay=0.5)
     lr_of = {n: g["lr"] for g in optimizer.param_groups for p in g["params"] for n, q in model.named_parameters()
              if p is q}
-    stage = "stages" if name.startswith("convnext") else "layers"
+    stage = "layers" if name.startswith("swin") else "stages"
     per_stage = [max(lr for n, lr in lr_of.items() if n.startswith(f"{stage}.{i}.")) for i in range(4)]
     assert per_stage == sorted(per_stage) and len(set(per_stage)) == 4, per_stage  # deeper stages learn faster
     assert max(lr for n, lr in lr_of.items() if n.startswith("head")) == pytest.approx(1e-3)
@@ -77,6 +80,10 @@ PEER_MODELS = {  # one tiny model of each family transformers has, as the bench 
     "clip": ("vit_base_patch16_clip_224", dict(TOWER, num_classes=16), 32),
     "siglip": ("vit_base_patch16_siglip_224", dict(TOWER, num_classes=0), 32),
     "vit": ("vit_pico_patch4_32", dict(num_classes=4), 32),
+    "beit": ("beit_base_patch16_224", dict(TOWER, num_classes=4), 32),
+    "pvt_v2": ("pvt_v2_b0", dict(SMALL["pvt_v2_b0"], num_classes=4), 64),
+    "poolformer": ("poolformer_s12", dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), output_norm="groupnorm1",
+                                          norm_before_pool=True, num_classes=4), 64),
 }
 
 

@@ -439,7 +439,7 @@ def test_synthetic_is_learnable():
 
 
 def test_list_datasets():
-    expected = ["cifar10", "cifar100", "digits", "fashion-mnist", "folder", "mnist", "synthetic"]
+    expected = ["cifar10", "cifar100", "digits", "fashion-mnist", "fashion-mnist-c", "folder", "mnist", "synthetic"]
     assert list_datasets() == expected
 
 

@@ -1,15 +1,12 @@
 """Results to rows (CSV columns named like timm's benchmark CSV where they overlap), the Pareto set,
 matplotlib plots and one self-contained HTML page; written to a temporary directory, then moved."""
 
-import base64
 import csv
 import html
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from ..reporting import CSS, PLOT_CHECK_SCRIPT, png_img, write_report_dir
 from .plan import BenchPlan
 from .variants import PEERS
 
@@ -130,11 +127,10 @@ def assemble(plan: BenchPlan, raw: dict, notes: list[str], machine: dict, comman
 
 
 def write_report(results: dict, out: Path) -> None:
-    """Everything is written into a fresh temporary directory beside `out`, which then replaces `out`,
-    so an existing report is either untouched or wholly replaced."""
-    out = Path(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.resolve().parent))
-    try:
+    """Written into a fresh directory that then replaces `out`: an existing report is either untouched or
+    wholly replaced."""
+
+    def fill(tmp: Path) -> None:
         (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         with open(tmp / "results.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -142,24 +138,8 @@ def write_report(results: dict, out: Path) -> None:
             writer.writerows({k: _csv_value(v) for k, v in r.items()} for r in results["rows"])
         plot_all(results, tmp)
         (tmp / "report.html").write_text(render_html(results, tmp))
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
-
-def replace_dir(new: Path, out: Path) -> None:
-    if not out.exists():
-        os.rename(new, out)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    os.rename(out, old)
-    try:
-        os.rename(new, out)
-    except BaseException:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    write_report_dir(out, fill)
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -268,32 +248,6 @@ def _fmt(column: str, value) -> str:
     return str(value)
 
 
-_CSS = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1400px; padding: 0 1em; color: #222; }
-table { border-collapse: collapse; font-size: 12px; margin: 1em 0; }
-th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; }
-td.text, th { text-align: left; }
-th { background: #f0f0f0; position: sticky; top: 0; }
-tr.pareto td { background: #fff3c4; font-weight: 600; }
-tr.failed td { background: #fde2e2; color: #8a1f11; }
-tr.partial td { background: #fdf0e2; }
-.plots img { max-width: 100%; border: 1px solid #ddd; margin: .5em 0; }
-.note { color: #555; }
-#plot-warning { display: none; color: #8a1f11; font-weight: 600; }
-"""
-
-# Marks on <body> whether every plot decoded; shows a warning if not (and gives headless tests a hook).
-_SCRIPT = """
-window.addEventListener("load", function () {
-  var imgs = Array.prototype.slice.call(document.querySelectorAll("img.plot"));
-  var bad = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); });
-  document.body.setAttribute("data-plots-loaded", String(imgs.length - bad.length));
-  document.body.setAttribute("data-plots-failed", String(bad.length));
-  if (bad.length) { document.getElementById("plot-warning").style.display = "block"; }
-});
-"""
-
-
 def render_html(results: dict, directory: Path) -> str:
     e = html.escape
     m, plan = results["machine"], results["plan"]
@@ -308,8 +262,7 @@ def render_html(results: dict, directory: Path) -> str:
         body.append(f'<tr class="{cls}">{cells}</tr>')
     plots = []
     for name, file in PLOTS.items():
-        data = base64.b64encode((directory / file).read_bytes()).decode()
-        plots.append(f'<img class="plot" id="plot-{name}" alt="{e(name)} plot" src="data:image/png;base64,{data}">')
+        plots.append(png_img(directory / file, name))
     notes = "".join(f"<li>{e(n)}</li>" for n in results["notes"]) or "<li>none</li>"
     failed = "".join(f"<li>{e(f['model'])} {e(f['impl'])} {e(f['spec'])} batch {f['infer_batch_size']}: "
                      f"{e(str(f['error']))}</li>" for f in results["failed"]) or "<li>none</li>"
@@ -325,7 +278,7 @@ def render_html(results: dict, directory: Path) -> str:
     command = f"Command: <code>{e(results['command'])}</code>" if results.get("command") else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>vitkit bench</title>
-<style>{_CSS}</style></head>
+<style>{CSS}</style></head>
 <body>
 <h1>vitkit bench</h1>
 <p class="note">{e(machine)}</p>
@@ -340,6 +293,6 @@ latency at batch 1 over {plan['latency_runs']} calls; peak memory is each varian
 <div class="plots">{''.join(plots)}</div>
 <h2>Failed configurations</h2><ul>{failed}</ul>
 <h2>Notes</h2><ul>{notes}</ul>
-<script>{_SCRIPT}</script>
+<script>{PLOT_CHECK_SCRIPT}</script>
 </body></html>
 """

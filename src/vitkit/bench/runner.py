@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..reporting import check_output_dir
 from .plan import BenchPlan
 from .report import assemble, write_report
 from .timing import machine_info
@@ -103,7 +104,7 @@ def run_worker(job: dict, workdir: Path, plan: BenchPlan, display: Display) -> d
 
 def run_bench(plan: BenchPlan, out: str | os.PathLike, progress: bool = True, command: str | None = None) -> dict:
     """Measure everything in `plan` and write the report to `out` (replaced only once it is complete)."""
-    out = check_output_dir(Path(out))
+    out = check_output_dir(Path(out), "vitkit bench")
     notes = list(plan.notes)
     keys = {e.name: list(plan.variants) + e.peer_keys for e in plan.models}
     display = Display(sum(len(k) + 1 for k in keys.values()), progress)
@@ -180,19 +181,3 @@ def measure_all(common: dict, keys: dict[str, list[int]], data: str | None, plan
     return alone
 
 
-def check_output_dir(out: Path) -> Path:
-    """Fail before measuring anything if the report could not be written, or would replace a directory
-    that is not an earlier report."""
-    out = out.expanduser().resolve()
-    if out == Path.cwd() or out in Path.cwd().parents or out == out.parent:
-        raise ValueError(f"--out {out} is the current directory or above it; name a directory for the report")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / "results.json").is_file():
-        raise ValueError(f"--out {out} is a non-empty directory that is not an earlier vitkit bench report; "
-                         "it would be replaced as a whole: choose a new or empty directory")
-    if not out.parent.is_dir():
-        raise ValueError(f"--out {out}: parent directory {out.parent} does not exist")
-    if not os.access(out.parent, os.W_OK):
-        raise PermissionError(f"--out {out}: cannot write in {out.parent}")
-    return out

@@ -1,7 +1,7 @@
 """Pieces every dataset shares: its description, the in-memory container, split names and statistics."""
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -54,6 +54,9 @@ class InMemoryImageDataset(Dataset):
     def subset(self, indices: np.ndarray) -> "InMemoryImageDataset":
         index = torch.from_numpy(np.asarray(indices, dtype=np.int64))
         return InMemoryImageDataset(self.images[index], self.targets[index], self.info)
+
+    def relabel(self, targets: torch.Tensor, info: DatasetInfo) -> "InMemoryImageDataset":
+        return InMemoryImageDataset(self.images, targets, info)
 
 
 def check_split(split: str) -> str:
@@ -152,3 +155,38 @@ def label_subset(targets: torch.Tensor | np.ndarray, per_class: int | None = Non
                              f"{source}; expected at most {len(members)}")
         chosen.append(rng.permutation(members)[:per_class])
     return np.sort(np.concatenate(chosen))
+
+
+def parse_classes(classes, source: str = "classes") -> tuple[int, ...] | None:
+    """Class indices from a list of ints or a string such as "0-7" or "0,2,5-9"; None stays None."""
+    if classes is None:
+        return None
+    if isinstance(classes, str):
+        picked = []
+        for part in classes.replace(" ", "").split(","):
+            first, dash, last = part.partition("-")
+            if not first.isdigit() or (dash and not last.isdigit()):
+                raise ValueError(f"{source}={classes!r}: expected class indices such as '0-7' or '0,2,5-9'")
+            picked.extend(range(int(first), int(last) + 1) if dash else [int(first)])
+        classes = picked
+    if isinstance(classes, int) or not all(isinstance(c, int) and not isinstance(c, bool) for c in classes):
+        raise ValueError(f"{source}={classes!r}: expected a list of class indices or a string such as '0-7'")
+    return tuple(classes)
+
+
+def select_classes(dataset, classes, source: str):
+    """The images of `classes` only, relabelled 0..len(classes)-1 in the order given (a model trained on
+    classes 0-7 of a 10-class dataset has 8 outputs; the held-out classes are near-OOD data for it)."""
+    classes = parse_classes(classes)
+    info = dataset.info
+    bad = [c for c in classes if not 0 <= c < info.num_classes]
+    if bad or len(set(classes)) != len(classes) or len(classes) < 2:
+        raise ValueError(f"classes={list(classes)} for {source}: expected at least 2 distinct class indices "
+                         f"from 0 to {info.num_classes - 1}" + (f" (out of range: {bad})" if bad else ""))
+    targets = torch.as_tensor(dataset.targets)
+    keep = np.flatnonzero(np.isin(targets.numpy(), classes))
+    remap = torch.full((info.num_classes,), -1, dtype=torch.int64)
+    remap[list(classes)] = torch.arange(len(classes))
+    subset = dataset.subset(keep)
+    new_info = replace(info, num_classes=len(classes), class_names=tuple(info.class_names[c] for c in classes))
+    return subset.relabel(remap[torch.as_tensor(subset.targets)], new_info)

@@ -1,10 +1,12 @@
 """Build any vitkit dataset from a spec string: `name` or `name:ARG`."""
 
+import dataclasses
 import difflib
 
+import torch
 from torch.utils.data import Dataset
 
-from .base import carve_val, check_split, val_count
+from .base import InMemoryImageDataset, carve_val, check_split, select_classes, val_count
 from .cifar import CIFAR10, CIFAR100, load_cifar
 from .digits import load_digits
 from .folder import DEFAULT_IMG_SIZE as FOLDER_IMG_SIZE
@@ -18,6 +20,7 @@ SPEC_FORMS = {  # dataset name -> how its spec is written, for list_datasets() u
     "cifar100": "cifar100:PATH",
     "digits": "digits",
     "fashion-mnist": "fashion-mnist[:PATH]",
+    "fashion-mnist-c": "fashion-mnist-c:CORRUPTION:SEVERITY",
     "folder": "folder:PATH",
     "mnist": "mnist:PATH",
     "synthetic": "synthetic[:N]",
@@ -32,6 +35,7 @@ DEFAULT_VAL_SPLIT = {
     "cifar100": 5000,
     "digits": 0.1,  # 144 of the 1,437 training images
     "fashion-mnist": 5000,
+    "fashion-mnist-c": 5000,
     "folder": 0.1,
     "mnist": 5000,
     "synthetic": 0.1,
@@ -43,7 +47,7 @@ def list_datasets() -> list[str]:
 
 
 def build_dataset(spec: str, split: str = "train", *, seed: int = 0, img_size: int | None = None,
-                  val_split: float | int | None = None) -> Dataset:
+                  val_split: float | int | None = None, classes=None) -> Dataset:
     """The `split` ("train", "val" or "test") of the dataset named by `spec`.
 
     "val" is the dataset's own validation split where it ships one (a folder with train/, val/ and
@@ -56,9 +60,16 @@ def build_dataset(spec: str, split: str = "train", *, seed: int = 0, img_size: i
     `seed` only varies the synthetic images: real datasets have fixed splits so test numbers stay comparable.
     `img_size` sets the decode size of folder datasets (default 224) and synthetic ones (default 32);
     the others come in one native size, and asking for another is an error (resize in the transforms).
+    `classes` (indices, or a string such as "0-7") keeps those classes only, relabelled 0..k-1; the
+    validation split is carved before, so it holds the same images of those classes as without.
     """
     name, _, arg = spec.strip().partition(":")
     name = name.lower()
+    if name == "fashion-mnist-c":
+        corruption, severity = _corruption_arg(spec, arg)
+        clean = build_dataset("fashion-mnist", split, seed=seed, img_size=img_size, val_split=val_split,
+                              classes=classes)
+        return corrupt_dataset(clean, corruption, severity, seed, name=f"fashion-mnist-c:{corruption}:{severity}")
     if name not in SPEC_FORMS:
         raise ValueError(unknown_dataset_message(name))
     form = SPEC_FORMS[name]
@@ -87,10 +98,37 @@ def build_dataset(spec: str, split: str = "train", *, seed: int = 0, img_size: i
             train_idx, val_idx = carve_val(train.targets, count)
             dataset = train.subset(train_idx if split == "train" else val_idx)
 
+    if classes is not None:
+        dataset = select_classes(dataset, classes, spec)
     if img_size is not None and dataset.info.img_size != img_size:
         native = dataset.info.img_size
         raise ValueError(f"{name} images are {native}x{native}, not {img_size}: resize in the transforms")
     return dataset
+
+
+def corrupt_dataset(dataset, corruption: str, severity: int, seed: int = 0, name: str | None = None):
+    """An in-memory copy of `dataset` with every image corrupted (see vitkit.data.corruptions): the same
+    images for the same (corruption, severity, seed)."""
+    from .corruptions import corrupt
+
+    if not hasattr(dataset, "images"):
+        dataset = InMemoryImageDataset(torch.stack([dataset[i][0] for i in range(len(dataset))]),
+                                       torch.as_tensor(dataset.targets), dataset.info)
+    images = torch.from_numpy(corrupt(dataset.images.numpy(), corruption, severity, seed))
+    info = dataset.info if name is None else dataclasses.replace(dataset.info, name=name)
+    return InMemoryImageDataset(images, dataset.targets, info)
+
+
+def _corruption_arg(spec: str, arg: str) -> tuple[str, int]:
+    from .corruptions import list_corruptions
+
+    corruption, _, severity = arg.partition(":")
+    if corruption not in list_corruptions():
+        raise ValueError(f"{spec!r}: unknown corruption {corruption!r}; expected fashion-mnist-c:CORRUPTION:SEVERITY "
+                         f"with CORRUPTION one of {', '.join(list_corruptions())}")
+    if severity not in ("1", "2", "3", "4", "5"):
+        raise ValueError(f"{spec!r}: severity must be 1-5, got {severity!r}")
+    return corruption, int(severity)
 
 
 def default_val_count(name: str, num_train: int) -> int:

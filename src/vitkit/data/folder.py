@@ -42,6 +42,9 @@ class ImageFolderDataset(Dataset):
     def subset(self, indices: np.ndarray) -> "ImageFolderDataset":
         return ImageFolderDataset([self.samples[i] for i in indices], self.info)
 
+    def relabel(self, targets: torch.Tensor, info: DatasetInfo) -> "ImageFolderDataset":
+        return ImageFolderDataset([(path, int(t)) for (path, _), t in zip(self.samples, targets, strict=True)], info)
+
 
 def load_image(path: Path, mode: str, size: int) -> torch.Tensor:
     """Decode to a (C, size, size) uint8 tensor: shorter side resized to `size`, then centre-cropped.

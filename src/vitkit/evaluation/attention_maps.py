@@ -10,10 +10,9 @@ calls it with its probabilities. Shapes differ per family:
 - ViT family (`vitkit.layers.Attention`): (B, heads, N, N) over the whole token sequence.
 - Swin (`WindowAttention`): (B, num_windows, heads, N, N) with N = window * window, per window; in shifted
   blocks the windows are those of the cyclically shifted grid (see `vitkit.models.swin.model`).
-- ConvNeXt and other attention-free models: nothing to capture (Grad-CAM-style attributions instead).
+- ConvNeXt and other attention-free models: nothing to capture (Grad-CAM instead: `vitkit.evaluation.explanations`).
 """
 
-import re
 from contextlib import contextmanager
 
 import torch
@@ -28,34 +27,44 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
 def _no_attention_error(model: nn.Module) -> ValueError:
     """Points an attention-free model to what does work on it: gradients on its feature maps."""
     info = getattr(model, "feature_info", None)
-    layer = "the last stage"
-    if info:
-        layer = "model." + re.sub(r"\.(\d+)", r"[\1]", info[-1].module)
+    layer = f" (its last layer is {info[-1].module})" if info else ""
     return ValueError(f"{type(model).__name__} has no attention modules to capture (none declares `on_attention`); "
-                      f"use Grad-CAM-style attributions on the feature maps forward_intermediates returns instead, "
-                      f"e.g. pytorch-grad-cam with target_layers=[{layer}]")
+                      f"use Grad-CAM on the feature maps forward_intermediates returns instead{layer}: "
+                      "vitkit.evaluation.explanations.grad_cam(model, images)")
 
 
 @contextmanager
-def capture_attention(model: nn.Module):
+def capture_attention(model: nn.Module, grad: bool = False):
     """Yield a list that fills with one probability tensor per attention module call, in call order
     (shapes per family in the module docstring).
 
         with vitkit.capture_attention(model) as maps:
             model(images)
         maps[-1][:, :, 0, model.num_prefix_tokens:]   # ViT: class-token attention of the last block
+
+    `grad=True` switches modules that offer it (`attention_grad`, the ViT family's `Attention`) to explicit
+    attention whose probabilities stay in the autograd graph, for torch.autograd.grad(score, maps);
+    outputs then match the fused path within float tolerance instead of bit for bit.
     """
     modules = attention_modules(model)
     if not modules:
         raise _no_attention_error(model)
+    if grad and not all(hasattr(m, "attention_grad") for m in modules):
+        kinds = sorted({type(m).__name__ for m in modules if not hasattr(m, "attention_grad")})
+        raise ValueError(f"{type(model).__name__}: {', '.join(kinds)} cannot give attention probabilities with "
+                         f"gradients (no `attention_grad` mode); capture with grad=False")
     maps: list[torch.Tensor] = []
     for module in modules:
         module.on_attention = maps.append
+        if grad:
+            module.attention_grad = True
     try:
         yield maps
     finally:
         for module in modules:
             module.on_attention = None
+            if grad:
+                module.attention_grad = False
 
 
 def _check_rollout_maps(maps: list[torch.Tensor]) -> None:

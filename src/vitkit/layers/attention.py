@@ -4,6 +4,11 @@
 (B, heads, N, N). They are computed beside the fused kernel, not instead of it, so the
 output stays bit-for-bit the fused one and the cost is paid only while someone listens
 (see `vitkit.evaluation.attention_maps`).
+
+With `attention_grad = True` (opt-in, `capture_attention(model, grad=True)`) the attention is computed
+explicitly instead, softmax(q k^T * scale + bias) @ v, and `on_attention` receives the probabilities
+that produced the output, still in the autograd graph: gradient-weighted relevance (Chefer et al. 2021)
+needs d(score)/d(attention). The output then equals the fused one within float tolerance, not bit for bit.
 """
 
 from collections.abc import Callable
@@ -14,6 +19,8 @@ from torch import nn
 
 
 class Attention(nn.Module):
+    attention_grad: bool = False  # explicit attention, probabilities in the autograd graph (module docstring)
+
     def __init__(
         self,
         dim: int,
@@ -48,11 +55,17 @@ class Attention(nn.Module):
         """The second half of `forward`, for callers that also need q or k (token merging, pruning)."""
         if attn_bias is not None:
             attn_bias = attn_bias.to(q.dtype)
-        x = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_bias, dropout_p=self.attn_drop if self.training else 0.0
-        )
-        if self.on_attention is not None:
-            self.on_attention(self.attention_probs(q, k, attn_bias))
+        if self.attention_grad:
+            probs = self.attention_weights(q, k, attn_bias)
+            if self.on_attention is not None:
+                self.on_attention(probs)
+            x = F.dropout(probs, self.attn_drop, self.training) @ v
+        else:
+            x = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_bias, dropout_p=self.attn_drop if self.training else 0.0
+            )
+            if self.on_attention is not None:
+                self.on_attention(self.attention_probs(q, k, attn_bias))
         x = x.transpose(1, 2).reshape(x.shape[0], -1, self.num_heads * self.head_dim)
         return self.proj_drop(self.proj(x))
 
@@ -62,7 +75,12 @@ class Attention(nn.Module):
         return self.q_norm(q), self.k_norm(k), v
 
     def attention_probs(self, q: torch.Tensor, k: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
+        """The probabilities beside the fused kernel: detached, they carry no gradient."""
+        return self.attention_weights(q, k, attn_bias).detach()
+
+    def attention_weights(self, q: torch.Tensor, k: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
+        """softmax(q k^T * scale + bias), (B, heads, N, N), in the autograd graph."""
         logits = (q * self.scale) @ k.transpose(-2, -1)
         if attn_bias is not None:
             logits = logits + attn_bias
-        return logits.softmax(dim=-1).detach()
+        return logits.softmax(dim=-1)

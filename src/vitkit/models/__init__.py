@@ -2,9 +2,14 @@
 itself (`Family`): its config and model classes, named configs and weight converters."""
 
 from . import (
+    beit,  # noqa: F401  (registers BEiT)
+    cait,  # noqa: F401  (registers CaiT)
     convnext,  # noqa: F401  (registers ConvNeXt V1/V2)
+    metaformer,  # noqa: F401  (registers PoolFormer V1/V2, ConvFormer, CAFormer)
+    pvt_v2,  # noqa: F401  (registers PVTv2)
     swin,  # noqa: F401  (registers Swin V1)
     vit,  # noqa: F401  (registers ViT, DeiT, DINOv2, CLIP and SigLIP towers)
+    xcit,  # noqa: F401  (registers XCiT)
 )
 from ._protocol import Backbone, FeatureInfo, InputSpec, TokenSequence, input_spec_of
 from .registry import (

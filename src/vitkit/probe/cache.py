@@ -106,13 +106,13 @@ class FeatureCache:
 
 
 def as_stored(tensors: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
-    """Features in the storage dtype (labels as they are): what an entry holds."""
-    return {k: (v if k == "labels" else v.to(FEATURE_DTYPES[dtype])).contiguous() for k, v in tensors.items()}
+    """Features in the storage dtype (labels, ids and other integer tensors as they are): what an entry holds."""
+    return {k: (v.to(FEATURE_DTYPES[dtype]) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
 
 
 def as_read(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """An entry's tensors as the probes use them: features in float32."""
-    return {k: v if k == "labels" else v.float() for k, v in tensors.items()}
+    return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
 
 
 def _check_entry(tensors: dict[str, torch.Tensor], num_images: int) -> str | None:

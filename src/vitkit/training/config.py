@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from ..data.base import parse_classes
+
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 SDPA_BACKENDS = ("MATH", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION")
 OBJECTIVES = ("supervised", "mae", "dino")
@@ -35,6 +37,9 @@ class TrainConfig:
     labels_per_class: int | None = None
     label_fraction: float | None = None
     label_seed: int = 0
+    # train on these classes of the dataset only (indices, or a string such as "0-7"), relabelled 0..k-1:
+    # the held-out classes are then near-out-of-distribution data for `vitkit trust`
+    classes: list[int] | str | None = None
     img_size: int | None = None  # model input size; default: the model's
     epochs: int = 100
     batch_size: int = 128  # global images per optimizer step, across processes and accumulation
@@ -123,6 +128,10 @@ class TrainConfig:
             problems.append(f"labels_per_class must be >= 1, got {self.labels_per_class}")
         if self.label_fraction is not None and not 0 < self.label_fraction <= 1:
             problems.append(f"label_fraction must be in (0, 1], got {self.label_fraction}")
+        try:
+            parse_classes(self.classes)
+        except ValueError as err:
+            problems.append(str(err))
         if self.objective not in OBJECTIVES:
             problems.append(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         elif self.objective != "supervised" and self.distill != "none":
@@ -187,6 +196,8 @@ def _is_instance(value, annotation) -> bool:
                 and all(_is_instance(v, a) for v, a in zip(value, args, strict=True)))
     if origin is dict:
         return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    if origin is list:
+        return isinstance(value, list | tuple) and all(_is_instance(v, args[0]) for v in value)
     return isinstance(value, annotation)
 
 
@@ -200,6 +211,8 @@ def _describe(annotation) -> str:
         return f"a list of {len(args)} numbers"
     if origin is dict:
         return "a mapping"
+    if origin is list:
+        return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s"
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
     return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
 

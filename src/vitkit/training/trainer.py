@@ -23,7 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data import build_dataset
-from ..data.base import label_subset
+from ..data.base import label_subset, parse_classes
 from ..data.transforms import AugmentConfig
 from ..efficiency.precision import cpu_has_native_bf16
 from ..evaluation.classification import save_confusion_png
@@ -109,15 +109,16 @@ def train(cfg: TrainConfig, resume: str | bool | None = None, overwrite: bool = 
 
 
 def _build_run(cfg: TrainConfig, dist: DistInfo, device: torch.device, out: Path) -> Run:
-    train_set = build_dataset(cfg.data, "train", seed=cfg.seed, val_split=cfg.val_split)
+    train_set = build_dataset(cfg.data, "train", seed=cfg.seed, val_split=cfg.val_split, classes=cfg.classes)
     if cfg.labels_per_class is not None or cfg.label_fraction is not None:
         if cfg.objective != "supervised":
             raise ValueError(f"labels_per_class / label_fraction choose labels for supervised training; objective "
                              f"{cfg.objective!r} uses no labels (its kNN monitor uses a labelled bank of its own)")
         train_set = train_set.subset(label_subset(train_set.targets, cfg.labels_per_class, cfg.label_fraction,
                                                   cfg.label_seed, f"{cfg.data} (train split)"))
-    val_set = None if cfg.val_split == 0 else build_dataset(cfg.data, "val", seed=cfg.seed, val_split=cfg.val_split)
-    test_set = build_dataset(cfg.data, "test", seed=cfg.seed)
+    val_set = None if cfg.val_split == 0 else build_dataset(cfg.data, "val", seed=cfg.seed, val_split=cfg.val_split,
+                                                            classes=cfg.classes)
+    test_set = build_dataset(cfg.data, "test", seed=cfg.seed, classes=cfg.classes)
     info = train_set.info
     torch.manual_seed(cfg.seed)  # identical initial weights on every process
     supervised = cfg.objective == "supervised"
@@ -315,6 +316,7 @@ def _model_metadata(run: Run, which: str, val_score: float | None) -> dict:
     info = run.train_set.info
     return {
         "dataset": run.cfg.data, "val_split": run.cfg.val_split, "class_names": list(info.class_names),
+        "classes": list(parse_classes(run.cfg.classes)) if run.cfg.classes is not None else None,
         "mean": list(info.mean), "std": list(info.std), "crop_pct": run.cfg.crop_pct, "weights": which,
         "epoch": run.epoch, "step": run.global_step, "objective": run.objective.name,
         f"val_{run.objective.selection_metric}": val_score,
