@@ -21,6 +21,8 @@ TINY = {  # architecture -> overrides that keep the family's structure and make 
     "beit": dict(embed_dim=32, depth=2, num_heads=2),
     "cait": dict(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2),
     "pvt_v2": dict(depths=(1, 1, 1, 1), embed_dims=(8, 16, 24, 32), num_heads=(1, 1, 1, 1)),
+    "cct": dict(embed_dim=32, depth=2, num_heads=2, conv_width=8),
+    "efficientformer": dict(depths=(1, 1, 1, 2), embed_dims=(8, 16, 24, 32), num_vit=1, img_size=64),
     "metaformer": dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), head_dim=8, img_size=64),
     "xcit": dict(img_size=32, embed_dim=32, depth=2, num_heads=2),
 }

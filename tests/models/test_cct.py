@@ -2,18 +2,14 @@
 1e-5 with copied weights, when its source is at hand), the backbone contract on a tiny model, the token
 sequence tools, official checkpoint names, config errors and a training smoke run."""
 
-import importlib
 import json
 import math
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import vitkit
 import vitkit.models.cct  # noqa: F401  (registers the family)
@@ -63,84 +59,23 @@ def test_parameter_counts_of_the_paper_and_by_hand():
 
 
 # ----- parity with the official code -------------------------------------------------------------
-OFFICIAL_FILES = ("src/__init__.py", "src/cct.py", "src/cvt.py", "src/vit.py", "src/registry.py",
-                  "src/utils/__init__.py", "src/utils/tokenizer.py", "src/utils/transformers.py",
-                  "src/utils/helpers.py", "src/utils/stochastic_depth.py", "src/utils/embedder.py")
-OFFICIAL_MIRROR = Path("/work/.mirror/SHI-Labs+Compact-Transformers/repo")
+CCT_FIXTURES = ("cct_2_3x2_32", "cct_sine_p28_gray", "cct_7x2_224_small")
 
 
-@pytest.fixture(scope="module")
-def official(tmp_path_factory):
-    """The official `src.cct` module, from CCT_OFFICIAL_SRC (a checkout of SHI-Labs/Compact-Transformers) or
-    a local mirror of it; skipped where neither is at hand."""
-    root = os.environ.get("CCT_OFFICIAL_SRC")
-    if root is None:
-        if not OFFICIAL_MIRROR.is_dir() or shutil.which("git") is None:
-            pytest.skip("the official CCT source is not at hand (set CCT_OFFICIAL_SRC to a checkout)")
-        root = tmp_path_factory.mktemp("cct_official")
-        for path in OFFICIAL_FILES:
-            text = subprocess.run(["git", f"--git-dir={OFFICIAL_MIRROR}", "show", f"HEAD:{path}"], check=True,
-                                  capture_output=True, text=True).stdout
-            (root / path).parent.mkdir(parents=True, exist_ok=True)
-            (root / path).write_text(text)
-    saved = {k: v for k, v in sys.modules.items() if k == "src" or k.startswith("src.")}
-    for key in saved:
-        del sys.modules[key]
-    sys.path.insert(0, str(root))
-    try:
-        yield importlib.import_module("src.cct")
-    finally:
-        sys.path.remove(str(root))
-        for key in [k for k in sys.modules if k == "src" or k.startswith("src.")]:
-            del sys.modules[key]
-        sys.modules.update(saved)
-
-
-def _official_model(official, name: str, img_size: int, in_chans: int, pos_embed_type: str):
-    """The official model of `name`'s shape; built through `CCT` itself, since the official `_cct` helper
-    drops `positional_embedding` (its *_sine constructors build learnable embeddings)."""
-    config = vitkit.models.model_config(name)
-    return official.CCT(img_size=img_size, embedding_dim=config.embed_dim, n_input_channels=in_chans,
-                        n_conv_layers=config.n_conv_layers, kernel_size=config.kernel_size, stride=config.stride,
-                        padding=config.padding, num_layers=config.depth, num_heads=config.num_heads,
-                        mlp_ratio=config.mlp_ratio, num_classes=config.num_classes,
-                        positional_embedding=pos_embed_type).eval()
-
-
-@pytest.mark.parametrize("name, batch", [
-    ("cct_7_3x1_32", 4), ("cct_2_3x2_32", 4), ("cct_7_3x1_32_sine", 4), ("cct_7_3x1_28", 4), ("cct_7_7x2_224", 2),
-])
-def test_matches_the_official_code_with_copied_weights(official, name, batch):
-    ours = vitkit.create_model(name).eval()
-    c = ours.config
-    torch.manual_seed(0)
-    reference = _official_model(official, name, c.img_size, c.in_chans, c.pos_embed_type)
-    if name == "cct_7_3x1_32":  # the official constructor builds the same model
-        assert sum(p.numel() for p in official.cct_7_3x1_32().parameters()) == PARAMS[name]
-    with torch.no_grad():  # random biases and norms too, so that every weight matters
-        for p in reference.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.05)
-    vitkit.weights.load_state_dict(ours, reference.state_dict(), strict=True)
-    x = torch.randn(batch, c.in_chans, c.img_size, c.img_size)
-    pooled = {}
-
-    def keep_input(module, inputs, output):
-        pooled["x"] = inputs[0]  # returns None: the output stays
-
-    reference.classifier.fc.register_forward_hook(keep_input)
+@pytest.mark.parametrize("name", CCT_FIXTURES)
+def test_matches_the_official_code(fixtures_dir, name):
+    """Fixtures made with the official code (tests/fixtures/cct/make_fixtures.py): its state dict, under its
+    own key names, loads strictly and gives its logits and sequence-pooled features."""
+    meta = json.loads((fixtures_dir / "cct" / f"{name}.json").read_text())
+    tensors = load_file(fixtures_dir / "cct" / f"{name}.safetensors")
+    ref = {k: tensors.pop(k) for k in ("__input__", "__logits__", "__pooled__")}
+    ours = vitkit.create_model(meta["vitkit_model"], **meta["kwargs"]).eval()
+    vitkit.weights.load_state_dict(ours, tensors, strict=True)
     with torch.no_grad():
-        expected = reference(x)
-        features = ours.forward_features(x)
-        torch.testing.assert_close(ours.forward_head(features), expected, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(ours.forward_head(features, pre_logits=True), pooled["x"], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(ours(x), expected, atol=1e-5, rtol=1e-5)
-
-
-def test_official_sinusoidal_table_is_reproduced(official):
-    table = official.TransformerClassifier.sinusoidal_embedding  # src/cct.py imports it
-    for length, dim in ((64, 128), (196, 256), (5, 6)):
-        torch.testing.assert_close(sinusoidal_embedding(length, dim), table(length, dim), atol=1e-6, rtol=0)
+        features = ours.forward_features(ref["__input__"])
+        torch.testing.assert_close(ours.forward_head(features), ref["__logits__"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.forward_head(features, pre_logits=True), ref["__pooled__"], atol=1e-5,
+                                   rtol=1e-5)
 
 
 # ----- official checkpoint names -----------------------------------------------------------------

@@ -4,7 +4,9 @@ itself (`Family`): its config and model classes, named configs and weight conver
 from . import (
     beit,  # noqa: F401  (registers BEiT)
     cait,  # noqa: F401  (registers CaiT)
+    cct,  # noqa: F401  (registers CCT, compact convolutional transformers)
     convnext,  # noqa: F401  (registers ConvNeXt V1/V2)
+    efficientformer,  # noqa: F401  (registers EfficientFormer V1)
     metaformer,  # noqa: F401  (registers PoolFormer V1/V2, ConvFormer, CAFormer)
     pvt_v2,  # noqa: F401  (registers PVTv2)
     swin,  # noqa: F401  (registers Swin V1)
