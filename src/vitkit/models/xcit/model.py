@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ...layers import ACT_LAYERS, DropPath, Mlp
+from ...layers import ACT_LAYERS, ClassAttn, DropPath, Mlp
 from .._features import adapt_stem_channels, take_indices
 from .._groups import MERGE_WITH_PREVIOUS
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
@@ -143,40 +143,6 @@ class XCA(nn.Module):
         if self.on_attention is not None:
             self.on_attention(probs)
         x = (self.attn_drop(probs) @ v).permute(0, 3, 1, 2).reshape(B, N, C)
-        return self.proj_drop(self.proj(x))
-
-
-class ClassAttn(nn.Module):
-    """Attention from the class token (x[:, 0]) to all tokens (timm's CaiT `ClassAttn`, with its dropouts);
-    returns the class token's update (B, 1, C). `on_attention` receives (B, heads, 1, N) probabilities."""
-
-    attention_grad: bool = False  # always explicit
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0):
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim**-0.5
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.k = nn.Linear(dim, dim, bias=qkv_bias)
-        self.v = nn.Linear(dim, dim, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-        self.on_attention: Callable[[torch.Tensor], None] | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
-
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.reshape(B, t.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
-
-        q, k, v = heads(self.q(x[:, :1])), heads(self.k(x)), heads(self.v(x))
-        probs = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, 1, N)
-        if self.on_attention is not None:
-            self.on_attention(probs)
-        x = (self.attn_drop(probs) @ v).transpose(1, 2).reshape(B, 1, C)
         return self.proj_drop(self.proj(x))
 
 
