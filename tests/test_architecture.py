@@ -13,7 +13,7 @@ LEVELS = [
     ("weights",),
     ("data", "evaluation", "efficiency"),
     ("training",),
-    ("bench", "probe", "trust"),
+    ("bench", "probe", "trust", "zoo"),
     ("api", "cli", "__init__", "__main__"),
 ]
 RANK = {name: rank for rank, names in enumerate(LEVELS) for name in names}

@@ -442,6 +442,16 @@ def cmd_trust(args) -> int:
     return 0
 
 
+def cmd_zoo(args) -> int:
+    from vitkit.zoo import markdown_table, run_zoo
+
+    results = run_zoo(_names(args.models), data=args.data, budget_min=args.budget_min, out=args.out,
+                      seeds=_ints(args.seeds, "--seeds"), threads=args.threads, progress=not args.quiet,
+                      command="vitkit " + " ".join(args.argv))
+    print(markdown_table(results))
+    print(f"written: {args.out}/report.html, results.json, results.csv, pareto.png; training runs in {args.out}/runs")
+    return 0
+
 PRETRAIN_OBJECTIVES = ("mae", "dino")
 
 
@@ -616,6 +626,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/trust", help="report directory (report.html, results.json, PNGs)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_trust)
+
+    p = sub.add_parser("zoo", help="train a small config of every model family under the same wall budget and "
+                                   "compare accuracy, cost, speed, memory and calibration in one report")
+    p.add_argument("--data", default="fashion-mnist", help="dataset (default: fashion-mnist)")
+    p.add_argument("--budget-min", type=float, default=10.0, help="training minutes per model and seed (default: 10)")
+    p.add_argument("--models", help="comma-separated zoo entries (default: all, recipes/zoo/*.yaml)")
+    p.add_argument("--seeds", default="0", help="training seeds, e.g. 0,1,2 (top-1 and ECE are averaged)")
+    p.add_argument("--out", default="runs/zoo", help="report directory (report.html, results.json/csv, runs/)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=cmd_zoo)
 
     p = sub.add_parser("predict", help="top-k classes for image files")
     p.add_argument("checkpoint", help="model directory (e.g. runs/digits/best)")

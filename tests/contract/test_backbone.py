@@ -24,6 +24,7 @@ TINY = {  # architecture -> overrides that keep the family's structure and make 
     "cct": dict(embed_dim=32, depth=2, num_heads=2, conv_width=8),
     "efficientformer": dict(depths=(1, 1, 1, 2), embed_dims=(8, 16, 24, 32), num_vit=1, img_size=64),
     "metaformer": dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), head_dim=8, img_size=64),
+    "resnet": dict(stem_width=8, depths=(1, 1, 1), dims=(8, 16, 24)),
     "xcit": dict(img_size=32, embed_dim=32, depth=2, num_heads=2),
 }
 MODELS = list_models()

@@ -228,11 +228,15 @@ def chefer_relevance(model: nn.Module, images: torch.Tensor, targets: torch.Tens
         logits = model(images.detach().requires_grad_(True))  # a graph even for frozen parameters
         targets = _targets(logits, targets)
         grads = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), maps)
-    relevance = torch.eye(maps[0].shape[-1], device=images.device).expand(images.shape[0], -1, -1)
+    # R - I, accumulated without the identity: R <- R + cam @ R becomes D <- D + cam @ D + cam. The identity
+    # adds nothing to the rows read (the class token's own column is not a patch; with mean pooling it adds
+    # the same 1/N to every patch column, which normalisation removes), but next to it float32 would round
+    # away relevance as small as a fresh model's (~1e-8).
+    delta = torch.zeros(images.shape[0], maps[0].shape[-1], maps[0].shape[-1], device=images.device)
     for attn, grad in zip(maps, grads, strict=True):
         cam = (grad * attn).clamp(min=0).mean(dim=1).detach().float()
-        relevance = relevance + cam @ relevance
-    return _patch_relevance(model, relevance, images)
+        delta = delta + cam @ delta + cam
+    return _patch_relevance(model, delta, images)
 
 
 # ----- occlusion -----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from . import (
     efficientformer,  # noqa: F401  (registers EfficientFormer V1)
     metaformer,  # noqa: F401  (registers PoolFormer V1/V2, ConvFormer, CAFormer)
     pvt_v2,  # noqa: F401  (registers PVTv2)
+    resnet,  # noqa: F401  (registers small CIFAR-style ResNets, the zoo's CNN reference)
     swin,  # noqa: F401  (registers Swin V1)
     vit,  # noqa: F401  (registers ViT, DeiT, DINOv2, CLIP and SigLIP towers)
     xcit,  # noqa: F401  (registers XCiT)

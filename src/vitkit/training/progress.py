@@ -5,7 +5,9 @@ import time
 
 
 class Progress:
-    def __init__(self, total: int, desc: str, enabled: bool = True, stream=sys.stderr, every_s: float = 10.0):
+    def __init__(self, total: int, desc: str, enabled: bool = True, stream=None, every_s: float = 10.0):
+        # sys.stderr when called, not at import: it may have been replaced since (pytest's capture, notebooks)
+        stream = sys.stderr if stream is None else stream
         self.total, self.desc, self.enabled, self.stream = total, desc, enabled, stream
         self.tty = stream.isatty()
         self.every_s = 0.2 if self.tty else every_s

@@ -108,6 +108,21 @@ def train(cfg: TrainConfig, resume: str | bool | None = None, overwrite: bool = 
         shutdown(dist)
 
 
+def _model_arguments(cfg: TrainConfig, num_classes: int, in_chans: int, objective_kwargs: dict) -> dict:
+    """create_model's arguments: the run's options and the data's classes / channels, with `model_kwargs` (over
+    the objective's) allowed to give one of them too (e.g. img_size) as long as the two do not disagree."""
+    named = {"num_classes": num_classes, "in_chans": in_chans, "img_size": cfg.img_size,
+             "drop_path_rate": cfg.drop_path}
+    kwargs = {**objective_kwargs, **{k: v for k, v in named.items() if v is not None}}
+    for key, value in cfg.model_kwargs.items():
+        if named.get(key) is not None and value != named[key]:
+            option = {"num_classes": "the dataset's classes", "in_chans": "the dataset's channels"}.get(
+                key, key.removesuffix("_rate"))
+            raise ValueError(f"model_kwargs {key}={value!r} disagrees with {option} ({named[key]!r}); set it once")
+        kwargs[key] = value
+    return kwargs
+
+
 def _build_run(cfg: TrainConfig, dist: DistInfo, device: torch.device, out: Path) -> Run:
     train_set = build_dataset(cfg.data, "train", seed=cfg.seed, val_split=cfg.val_split, classes=cfg.classes)
     if cfg.labels_per_class is not None or cfg.label_fraction is not None:
@@ -123,9 +138,8 @@ def _build_run(cfg: TrainConfig, dist: DistInfo, device: torch.device, out: Path
     torch.manual_seed(cfg.seed)  # identical initial weights on every process
     supervised = cfg.objective == "supervised"
     objective = _build_objective(cfg, info, train_set, device)
-    model = create_model(cfg.model, num_classes=info.num_classes if supervised else 0, in_chans=info.in_chans,
-                         img_size=cfg.img_size, drop_path_rate=cfg.drop_path,
-                         **{**objective.model_kwargs(), **cfg.model_kwargs})
+    model = create_model(cfg.model, **_model_arguments(cfg, info.num_classes if supervised else 0, info.in_chans,
+                                                      objective.model_kwargs()))
     if cfg.init_checkpoint:
         _init_from_checkpoint(model, cfg.init_checkpoint)
     objective.setup(_augment_config(cfg, info, model.input_spec.img_size[0]))

@@ -157,7 +157,7 @@ def corruption_section(ctx: _Context, opts: TrustOptions, temperature: float, va
                 "coverage": conformal.coverage(sets, preds["labels"]),
                 "set_size": conformal.mean_set_size(sets)}
 
-    clean = measure(ctx.predictions.of(f"test[{len(subset)}]", subset))
+    clean = measure(ctx.predictions.of("test" if subset is ctx.test else f"test[{len(subset)}]", subset))
     clean["baseline_top1"] = baseline.top1(subset)
     rows = []
     tick = progress_factory("corruption sweep", len(names) * len(opts.severities))  # one step per set

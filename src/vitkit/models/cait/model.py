@@ -166,7 +166,9 @@ class Cait(nn.Module):
 
     def _class_attention(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens after the blocks -> normed [class token, patch tokens]."""
-        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        # a copy, not an expand() view: under no_grad a view of a parameter still says requires_grad with no
+        # grad_fn, and module hooks that track autograd (FlopCounterMode's, so `vitkit info`) fail on it
+        cls = self.cls_token.repeat(x.shape[0], 1, 1)
         for block in self.blocks_token_only:
             cls = block(x, cls)
         return self.norm(torch.cat((cls, x), dim=1))

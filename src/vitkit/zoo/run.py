@@ -1,0 +1,220 @@
+"""Running the zoo: estimate each entry's epoch time, fit its epochs to the budget, train it (the trainer
+selects `best/` on the validation split), then measure the selected model.
+
+Budget: `budget_min` minutes of training per entry and seed, validation passes included. Before anything is
+trained every entry is timed (a few warmed-up optimizer steps on real batches, plus one validation forward
+pass scaled to the validation split) and given epochs = floor(budget / epoch time); an entry of which not
+even one epoch fits is refused then, so a too-small budget fails before any run starts. The final test
+evaluation and the measurements below come on top of the budget.
+
+Measurements of the selected model: test top-1 (the trainer's eval.json) and ECE on the test split,
+parameters and GFLOPs (a forward at batch 1), training img/s (median over epochs, metrics.jsonl), and, in
+`vitkit bench`'s worker processes, inference img/s at batch 1 and 256 (warm-up, interleaved repeats, median)
+and peak memory (the peak RSS of a process that loads the model and runs batch 256 forwards: weights, the
+runtime and activations).
+"""
+
+import dataclasses
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..bench.timing import machine_info
+from ..data import build_dataset
+from ..data.batches import eval_batches
+from ..data.transforms import saved_model_eval_transform
+from ..efficiency.precision import cpu_has_native_bf16
+from ..evaluation.calibration import ece
+from ..reporting import check_output_dir
+from ..training import TrainConfig, train
+from ..weights import load
+from .recipes import check_models, zoo_config
+from .report import write_report
+
+ESTIMATE_STEPS = 20  # timed optimizer steps per entry, after ESTIMATE_WARMUP untimed ones
+ESTIMATE_WARMUP = 3
+INFER_BATCHES = (1, 256)
+TIMING = {"warmup": 2, "repeats": 7, "min_run_s": 0.5, "latency_runs": 20}  # the bench's timing options
+
+
+@dataclasses.dataclass
+class Estimate:
+    step_s: float  # seconds per optimizer step (augmentation included)
+    steps_per_epoch: int
+    val_s: float  # seconds per validation pass
+    eval_every: int
+
+    @property
+    def epoch_s(self) -> float:
+        return self.step_s * self.steps_per_epoch + self.val_s / self.eval_every
+
+
+def estimate_epoch(cfg: TrainConfig, steps: int = ESTIMATE_STEPS, warmup: int = ESTIMATE_WARMUP) -> Estimate:
+    """Time `steps` training steps of `cfg` as the trainer runs them (its own run setup and step), after
+    `warmup` untimed ones, and one validation-sized forward pass; nothing is written to `cfg.output`."""
+    from ..training.data_stream import batch_indices, epoch_order, iterate_batches
+    from ..training.distributed import DistInfo
+    from ..training.trainer import _build_run, _pick_device, _train_step
+
+    device = _pick_device(cfg.device)
+    if cfg.amp == "auto":  # as `train` resolves it
+        cfg = dataclasses.replace(cfg, amp=torch.cuda.is_bf16_supported() if device.type == "cuda"
+                                  else cpu_has_native_bf16())
+    run = _build_run(cfg, DistInfo(), device, Path(cfg.output))
+    order = epoch_order(len(run.train_set), cfg.seed, 0)
+    batches = batch_indices(order, cfg.batch_size, 0)[: warmup + steps]
+    times = []
+    for images, targets in iterate_batches(run.train_set, batches, cfg.workers):
+        start = time.perf_counter()
+        _train_step(run, images, targets)
+        times.append(time.perf_counter() - start)
+    timed = times[warmup:] or times
+    val_s = 0.0
+    if run.val_set is not None:
+        model = run.objective.backbone(run.model).eval()
+        size = model.input_spec.img_size
+        x = torch.randn(min(256, len(run.val_set)), model.input_spec.in_chans, *size, device=device)
+        with torch.inference_mode():
+            model(x)
+            start = time.perf_counter()
+            model(x)
+            val_s = (time.perf_counter() - start) * len(run.val_set) / len(x)
+    return Estimate(sum(timed) / len(timed), run.steps_per_epoch, val_s, cfg.eval_every)
+
+
+def plan_epochs(name: str, estimate: Estimate, budget_min: float) -> int:
+    """Whole epochs that fit in the budget; a budget below one epoch is refused, naming what would do."""
+    epochs = math.floor(budget_min * 60 / estimate.epoch_s)
+    if epochs < 1:
+        need = math.ceil(estimate.epoch_s / 60 * 10) / 10
+        raise ValueError(f"--budget-min {budget_min:g} is too small for {name}: one epoch takes "
+                         f"~{estimate.epoch_s / 60:.2g} min here ({estimate.steps_per_epoch} steps at "
+                         f"~{estimate.step_s:.2g} s each, plus validation); expected at least {need:g} minutes")
+    return epochs
+
+
+def _bench_worker(job: dict, workdir: Path) -> dict:
+    """Run one `vitkit bench` worker job (its own process) and return its result."""
+    job_path, result_path = workdir / f"{job['kind']}-job.json", workdir / f"{job['kind']}-result.json"
+    job_path.write_text(json.dumps(job))
+    proc = subprocess.run([sys.executable, "-P", "-m", "vitkit.bench.worker", str(job_path), str(result_path)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    result = json.loads(result_path.read_text()) if result_path.exists() else {}
+    if proc.returncode or "error" in result:
+        raise RuntimeError(f"bench worker ({job['kind']}) failed: {result.get('error') or proc.stderr[-500:]}")
+    return result
+
+
+def measure_model(model_dir: Path, threads: int, timing: dict, workdir: Path) -> dict:
+    """Parameters, GFLOPs, inference img/s at batch 1 and 256 and peak memory, in bench worker processes."""
+    model = load(model_dir)
+    spec = model.input_spec
+    entry = {"is_checkpoint": True, "source": str(model_dir), "in_chans": spec.in_chans, "img_size": spec.img_size[0]}
+    common = {"device": "cpu", "model": entry, "threads": threads, "workdir": str(workdir)}
+    measured = _bench_worker({**common, "kind": "measure", "keys": ["none"], "batch_sizes": list(INFER_BATCHES),
+                              "batch_sizes_by_key": {"none": list(INFER_BATCHES)}, "timing": timing},
+                             workdir)["variants"]["none"]
+    if measured.get("batch_errors"):
+        raise RuntimeError(f"inference timing failed for {model_dir}: {measured['batch_errors']}")
+    memory = _bench_worker({**common, "kind": "probe", "key": "none", "batch_sizes": [INFER_BATCHES[-1]]},
+                           workdir)["memory_mb"][str(INFER_BATCHES[-1])]
+    return {
+        "params": measured["params"], "gflops": measured["flops"] / 1e9, "img_size": spec.img_size[0],
+        **{f"infer_img_s_b{b}": measured["throughput"][str(b)]["img_per_s"] for b in INFER_BATCHES},
+        "peak_mem_mb": memory if isinstance(memory, int | float) else None,
+    }
+
+
+def ece_on_test(model_dir: Path, data: str, seed: int) -> float:
+    """Expected calibration error of the saved model's logits on the test split."""
+    model = load(model_dir).eval()
+    dataset = build_dataset(data, "test", seed=seed)
+    info = dataset.info
+    transform = saved_model_eval_transform(model.input_spec, getattr(model, "metadata", None) or {}, info.mean,
+                                           info.std)
+    logits, labels = [], []
+    with torch.inference_mode():
+        for images, targets in eval_batches(dataset, transform, 256):
+            logits.append(model(images).float())
+            labels.append(targets)
+    return ece(torch.cat(logits), torch.cat(labels))
+
+
+def train_images_per_s(run_dir: Path) -> float | None:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    speeds = [r["img_per_s"] for r in rows if r.get("img_per_s")]
+    return statistics.median(speeds) if speeds else None
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def run_zoo(models: list[str] | None = None, data: str = "fashion-mnist", budget_min: float = 10.0,
+            out: str | Path = "runs/zoo", seeds: tuple[int, ...] = (0,), threads: int | None = None,
+            overrides: dict[str, Any] | None = None, estimate_steps: int = ESTIMATE_STEPS,
+            timing: dict | None = None, progress: bool = True, command: str | None = None) -> dict:
+    """Train and measure each zoo entry (all when `models` is None) under the same budget; writes
+    results.json, results.csv, pareto.png and report.html to `out`, the training runs to `out/runs/`.
+    `overrides` (training options for every entry) and `estimate_steps`/`timing` exist to make tests small."""
+    names = check_models(models)
+    if budget_min <= 0:
+        raise ValueError(f"--budget-min must be a positive number of minutes, got {budget_min:g}")
+    if not seeds:
+        raise ValueError("expected at least one seed")
+    out = check_output_dir(Path(out), "vitkit zoo", markers=("results.json", "runs"))
+    if threads:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    overrides = {"progress": progress, **(overrides or {})}
+
+    def say(text: str) -> None:
+        if progress:
+            print(f"vitkit zoo: {text}", file=sys.stderr, flush=True)
+
+    plans = {}
+    with tempfile.TemporaryDirectory(prefix="vitkit-zoo-estimate-") as tmp:
+        for name in names:
+            estimate = estimate_epoch(zoo_config(name, data, Path(tmp) / name, seeds[0], overrides), estimate_steps)
+            plans[name] = (estimate, plan_epochs(name, estimate, budget_min))
+            say(f"{name}: ~{estimate.epoch_s:.0f} s per epoch, {plans[name][1]} epochs in {budget_min:g} min")
+
+    rows = []
+    for name in names:
+        estimate, epochs = plans[name]
+        runs = []
+        for seed in seeds:
+            cfg = dataclasses.replace(zoo_config(name, data, out / "runs" / f"{name}-s{seed}", seed, overrides),
+                                      epochs=epochs)
+            say(f"training {name} seed {seed}: {epochs} epochs")
+            summary = train(cfg, overwrite=True)
+            run_dir = Path(summary["output"])
+            selected = run_dir / summary["selected"]
+            runs.append({"seed": seed, "dir": str(run_dir), "top1": summary["report"].top1,
+                         "ece": ece_on_test(selected, data, seed), "train_min": summary["elapsed_s"] / 60,
+                         "train_img_s": train_images_per_s(run_dir), "selected": summary["selected"],
+                         "selected_epoch": summary["selected_epoch"]})
+        say(f"measuring {name}")
+        with tempfile.TemporaryDirectory(prefix="vitkit-zoo-bench-") as tmp:
+            first = Path(runs[0]["dir"]) / runs[0]["selected"]
+            cost = measure_model(first, threads, timing or TIMING, Path(tmp))
+        top1, top1_std = _mean_std([r["top1"] for r in runs])
+        rows.append({
+            "model": name, "architecture": load(first).architecture, "top1": top1, "top1_std": top1_std,
+            "ece": statistics.mean(r["ece"] for r in runs), **cost,
+            "train_img_s": statistics.mean(r["train_img_s"] or 0.0 for r in runs),
+            "epochs": epochs, "est_epoch_s": estimate.epoch_s,
+            "train_min": statistics.mean(r["train_min"] for r in runs), "seeds": len(runs), "runs": runs,
+        })
+    results = {"data": data, "budget_min": budget_min, "seeds": list(seeds), "machine": machine_info(threads=threads),
+               "command": command, "rows": rows}
+    write_report(results, out)
+    return results

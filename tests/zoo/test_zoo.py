@@ -1,0 +1,63 @@
+"""`vitkit zoo`: every entry builds at its size with ~1M parameters; a tiny run writes the whole report; bad
+input (an unknown entry, a budget below one epoch) is refused before anything is trained."""
+
+import csv
+import json
+
+import pytest
+
+import vitkit
+from vitkit.evaluation import count_params
+from vitkit.zoo import run_zoo, zoo_names, zoo_recipe
+from vitkit.zoo.report import COLUMNS
+
+PARAM_RANGE = (0.5e6, 2e6)
+TINY_RUN = {"max_steps": 2, "batch_size": 32, "eval_every": 1}
+TINY_TIMING = {"warmup": 1, "repeats": 1, "min_run_s": 0.0, "latency_runs": 2}
+
+
+@pytest.mark.parametrize("name", zoo_names())
+def test_every_entry_builds_at_its_input_size_with_about_1m_parameters(name):
+    recipe = zoo_recipe(name)
+    model = vitkit.create_model(recipe["model"], num_classes=10, in_chans=1, img_size=recipe.get("img_size"),
+                                **recipe.get("model_kwargs", {}))
+    assert model.input_spec.img_size[0] in (28, 32)
+    assert PARAM_RANGE[0] <= count_params(model) <= PARAM_RANGE[1], f"{name}: {count_params(model):,} parameters"
+
+
+def test_the_reference_is_the_fashion_mnist_recipe():
+    recipe = zoo_recipe("vit")
+    assert recipe["model"] == "vit_nano_convstem_28" and recipe["data"] == "fashion-mnist"
+
+
+def test_a_tiny_zoo_writes_every_result_file(tmp_path):
+    out = tmp_path / "zoo"
+    results = run_zoo(["caformer", "efficientformer"], data="digits", budget_min=60, out=out, threads=1,
+                      overrides=TINY_RUN, estimate_steps=2, timing=TINY_TIMING, progress=False)
+    assert [r["model"] for r in results["rows"]] == ["caformer", "efficientformer"]
+    for name in ("results.json", "results.csv", "pareto.png", "report.html"):
+        assert (out / name).stat().st_size > 0
+    saved = json.loads((out / "results.json").read_text())
+    for row in saved["rows"]:
+        assert all(row.get(c) is not None for c in COLUMNS if c != "top1_std"), row
+        assert 0 <= row["top1"] <= 1 and 0 <= row["ece"] <= 1 and row["epochs"] >= 1
+        assert (out / "runs" / f"{row['model']}-s0" / "best" / "config.json").is_file()
+    with open(out / "results.csv") as f:
+        assert list(csv.DictReader(f))[0].keys() == set(COLUMNS)
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page and "caformer" in page and any(r["pareto"] for r in saved["rows"])
+
+
+def test_an_unknown_entry_is_one_error_listing_the_valid_ones(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown zoo model\(s\) resnet9000; expected one of: .*caformer"):
+        run_zoo(["caformer", "resnet9000"], data="digits", out=tmp_path / "zoo")
+    assert not (tmp_path / "zoo").exists()
+
+
+def test_a_budget_below_one_epoch_is_refused_before_training(tmp_path):
+    out = tmp_path / "zoo"
+    with pytest.raises(ValueError, match=r"--budget-min 1e-05 is too small for caformer: one epoch takes .*"
+                                         r"expected at least"):
+        run_zoo(["caformer"], data="digits", budget_min=1e-5, out=out, overrides=TINY_RUN, estimate_steps=1,
+                progress=False)
+    assert not out.exists()
