@@ -94,9 +94,12 @@ class BeitAttention(Attention):
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, N, _ = x.shape
-        qkv = self.qkv(x)  # called, not F.linear on its weight: int8 and other rewrites replace the module
-        if self.q_bias is not None:
-            qkv = qkv + torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
+        if self.q_bias is None:
+            qkv = self.qkv(x)
+        elif type(self.qkv) is nn.Linear:  # the q/v bias inside the matmul, as transformers' separate q/k/v layers
+            qkv = F.linear(x, self.qkv.weight, torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias)))
+        else:  # int8 and other rewrites replace the module: call it, then add the bias
+            qkv = self.qkv(x) + torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
         q, k, v = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         return q, k, v
 
