@@ -78,3 +78,41 @@ class StagedModelMixin:
         """Recompute each block's activations in the backward pass instead of keeping them (training only)."""
         for stage in getattr(self, self.stages_attr):
             stage.grad_checkpointing = enable
+
+
+class ClassAttentionHeadMixin:
+    """timm's head API for models whose class token joins in class-attention blocks after the patch-token
+    blocks (CaiT, XCiT), written once. The class must define `blocks`, `norm`, `embed_dim`, `config` (with
+    `num_classes`, `global_pool` and a `check_pool` static method), `head`, and name its class-attention
+    blocks in `class_blocks_attr`."""
+
+    class_blocks_attr: str
+
+    def _linear_head(self, num_classes: int) -> nn.Module:
+        return nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True) -> list[int]:
+        """Drop blocks after the last one `indices` needs (and, as timm, the class-attention blocks with the
+        head, whose output then is the normed tokens) to save compute."""
+        take, last = take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: last + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            setattr(self, self.class_blocks_attr, nn.ModuleList())
+            self.reset_classifier(0, "")
+        return sorted(take)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new head for `num_classes` (0: none, the pooled features come out); the config follows."""
+        if global_pool is not None:
+            type(self.config).check_pool(global_pool)
+            self.global_pool = self.config.global_pool = global_pool
+        self.num_classes = self.config.num_classes = num_classes
+        self.head = self._linear_head(num_classes)
+        if isinstance(self.head, nn.Linear):
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head

@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ...layers import ACT_LAYERS, ClassAttn, DropPath, Mlp
-from .._features import adapt_stem_channels, take_indices
+from .._features import ClassAttentionHeadMixin, adapt_stem_channels, take_indices
 from .._groups import MERGE_WITH_PREVIOUS
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 from .configs import XcitConfig
@@ -200,8 +200,9 @@ class ClassAttentionBlock(nn.Module):
         return x + torch.cat((self.gamma2 * self.mlp(x[:, :1]), x[:, 1:]), dim=1)
 
 
-class Xcit(nn.Module):
+class Xcit(ClassAttentionHeadMixin, nn.Module):
     architecture = "xcit"
+    class_blocks_attr = "cls_attn_blocks"
 
     def __init__(self, config: XcitConfig):
         super().__init__()
@@ -241,9 +242,6 @@ class Xcit(nn.Module):
         spec = InputSpec(in_chans=c.in_chans, img_size=(c.img_size, c.img_size), fixed_size=False,
                          size_multiple=c.patch_size, crop_pct=1.0, interpolation="bicubic")
         return with_pretrained_cfg(spec, self)
-
-    def _linear_head(self, num_classes: int) -> nn.Module:
-        return nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -323,32 +321,6 @@ class Xcit(nn.Module):
         if intermediates_only:
             return intermediates
         return self._class_attention(x), intermediates
-
-    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True) -> list[int]:
-        """Drop blocks after the last one `indices` needs (and, as timm, the class-attention blocks with the
-        head, whose output then is the normed [class token, patch tokens]) to save compute."""
-        take, last = take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[: last + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.cls_attn_blocks = nn.ModuleList()
-            self.reset_classifier(0, "")
-        return sorted(take)
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A new head for `num_classes` (0: none, the pooled features come out); the config follows."""
-        if global_pool is not None:
-            XcitConfig.check_pool(global_pool)
-            self.global_pool = self.config.global_pool = global_pool
-        self.num_classes = self.config.num_classes = num_classes
-        self.head = self._linear_head(num_classes)
-        if isinstance(self.head, nn.Linear):
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
 
     def no_weight_decay(self) -> set[str]:
         """timm's set. `pos_embed` names the Fourier encoding's module, so its projection decays (as in timm);
