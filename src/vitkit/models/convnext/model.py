@@ -16,13 +16,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ...layers import DropPath, Mlp
+from ...layers.pooling import MAP_POOL_TYPES, GlobalPool2d
 from .._features import StagedModelMixin, adapt_stem_channels, take_indices
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 
 if TYPE_CHECKING:
     from .configs import ConvNeXtConfig
 
-POOL_TYPES = ("avg", "max", "avgmax", "")
+POOL_TYPES = MAP_POOL_TYPES
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -121,34 +122,12 @@ class ConvNeXtStage(nn.Module):
         return self.blocks(x)
 
 
-class GlobalPool(nn.Module):
-    """timm's SelectAdaptivePool2d(flatten=False): keeps (B, C, 1, 1) so the head's LayerNorm2d applies."""
-
-    def __init__(self, pool_type: str):
-        super().__init__()
-        if pool_type not in POOL_TYPES:
-            raise ValueError(f"global_pool={pool_type!r} is not one of {POOL_TYPES}")
-        self.pool_type = pool_type
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pool_type == "avg":
-            return x.mean((2, 3), keepdim=True)
-        if self.pool_type == "max":
-            return x.amax((2, 3), keepdim=True)
-        if self.pool_type == "avgmax":
-            return 0.5 * (x.mean((2, 3), keepdim=True) + x.amax((2, 3), keepdim=True))
-        return x
-
-    def extra_repr(self) -> str:
-        return f"pool_type={self.pool_type!r}"
-
-
 class NormMlpClassifierHead(nn.Module):
     """Pool, LayerNorm2d, flatten, dropout, linear: timm's head when `head_norm_first=False`."""
 
     def __init__(self, dim: int, num_classes: int, pool_type: str, norm_eps: float, drop_rate: float):
         super().__init__()
-        self.global_pool = GlobalPool(pool_type)
+        self.global_pool = GlobalPool2d(pool_type)
         self.norm = LayerNorm2d(dim, eps=norm_eps)
         self.flatten = nn.Flatten(1) if pool_type else nn.Identity()
         self.drop = nn.Dropout(drop_rate)
@@ -156,7 +135,7 @@ class NormMlpClassifierHead(nn.Module):
 
     def reset(self, num_classes: int, pool_type: str | None = None) -> None:
         if pool_type is not None:
-            self.global_pool = GlobalPool(pool_type)
+            self.global_pool = GlobalPool2d(pool_type)
             self.flatten = nn.Flatten(1) if pool_type else nn.Identity()
         self.fc = nn.Linear(self.norm.normalized_shape[0], num_classes) if num_classes > 0 else nn.Identity()
 

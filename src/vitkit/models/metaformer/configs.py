@@ -3,12 +3,13 @@ named PoolFormer V1 / V2, ConvFormer and CAFormer models."""
 
 from dataclasses import dataclass
 
+from ...layers.pooling import MAP_POOL_TYPES
 from .._limits import shown
 from ..registry import register_model
 from .layers import ACTIVATIONS, NORM_LAYERS
 
 TOKEN_MIXERS = ("pooling", "sepconv", "attention", "identity")
-POOL_TYPES = ("avg", "max", "avgmax", "")
+POOL_TYPES = MAP_POOL_TYPES
 PER_STAGE = ("token_mixers", "norm_layers", "layer_scale_init_values", "res_scale_init_values")
 
 

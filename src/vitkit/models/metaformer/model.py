@@ -23,9 +23,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ...layers import DropPath
+from ...layers.pooling import GlobalPool2d
 from .._features import StagedModelMixin, adapt_stem_channels, take_indices
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
-from .configs import POOL_TYPES
 from .layers import ACTIVATIONS, NORM_LAYERS, Attention, ConvMlp, Pooling, Scale, SepConv, SquaredReLU
 
 if TYPE_CHECKING:
@@ -122,28 +122,6 @@ class MetaFormerStage(nn.Module):
         return x
 
 
-class GlobalPool(nn.Module):
-    """timm's SelectAdaptivePool2d(flatten=False): keeps (B, C, 1, 1) for the head's NCHW norm."""
-
-    def __init__(self, pool_type: str):
-        super().__init__()
-        if pool_type not in POOL_TYPES:
-            raise ValueError(f"global_pool={pool_type!r} is not one of {POOL_TYPES}")
-        self.pool_type = pool_type
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pool_type == "avg":
-            return x.mean((2, 3), keepdim=True)
-        if self.pool_type == "max":
-            return x.amax((2, 3), keepdim=True)
-        if self.pool_type == "avgmax":
-            return 0.5 * (x.mean((2, 3), keepdim=True) + x.amax((2, 3), keepdim=True))
-        return x
-
-    def extra_repr(self) -> str:
-        return f"pool_type={self.pool_type!r}"
-
-
 class MlpHead(nn.Module):
     """timm's MetaFormer MLP head: fc1 (4x), SquaredReLU, LayerNorm, dropout, fc2."""
 
@@ -168,7 +146,7 @@ class MetaFormerHead(nn.Module):
         super().__init__()
         self.dim, self.use_mlp_head, self.drop_rate = dim, c.use_mlp_head, c.drop_rate
         self.norm_before_pool = c.norm_before_pool
-        self.global_pool = GlobalPool(c.global_pool)
+        self.global_pool = GlobalPool2d(c.global_pool)
         self.norm = make_norm(c.output_norm, dim)
         self.flatten = nn.Flatten(1) if c.global_pool else nn.Identity()
         self.drop = nn.Dropout(c.drop_rate) if c.use_mlp_head else nn.Identity()
@@ -183,7 +161,7 @@ class MetaFormerHead(nn.Module):
 
     def reset(self, num_classes: int, pool_type: str | None = None) -> None:
         if pool_type is not None:
-            self.global_pool = GlobalPool(pool_type)  # refuses an unknown pool before anything changes
+            self.global_pool = GlobalPool2d(pool_type)  # refuses an unknown pool before anything changes
             self.flatten = nn.Flatten(1) if pool_type else nn.Identity()
         self.fc = self._classifier(num_classes)
 
