@@ -10,6 +10,7 @@ import vitkit
 from vitkit.evaluation import count_params
 from vitkit.zoo import run_zoo, zoo_names, zoo_recipe
 from vitkit.zoo.report import COLUMNS
+from vitkit.zoo.run import fit_warmup
 
 PARAM_RANGE = (0.5e6, 2e6)
 TINY_RUN = {"max_steps": 2, "batch_size": 32, "eval_every": 1}
@@ -41,11 +42,20 @@ def test_a_tiny_zoo_writes_every_result_file(tmp_path):
     for row in saved["rows"]:
         assert all(row.get(c) is not None for c in COLUMNS if c != "top1_std"), row
         assert 0 <= row["top1"] <= 1 and 0 <= row["ece"] <= 1 and row["epochs"] >= 1
+        run_config = json.loads((out / "runs" / f"{row['model']}-s0" / "config.json").read_text())
+        assert run_config["epochs"] == row["epochs"]
+        assert run_config["warmup_epochs"] == fit_warmup(zoo_recipe(row["model"])["warmup_epochs"], row["epochs"])
         assert (out / "runs" / f"{row['model']}-s0" / "best" / "config.json").is_file()
     with open(out / "results.csv") as f:
         assert list(csv.DictReader(f))[0].keys() == set(COLUMNS)
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page and "caformer" in page and any(r["pareto"] for r in saved["rows"])
+
+
+def test_warmup_is_capped_at_a_tenth_of_the_planned_epochs():
+    assert fit_warmup(1.0, 47) == 1.0  # the recipe's 1 epoch: under a tenth of 47
+    assert fit_warmup(1.0, 3) == pytest.approx(0.3)  # 3 epochs: 0.3 epochs of warm-up, not all of the first
+    assert fit_warmup(0.0, 5) == 0.0
 
 
 def test_an_unknown_entry_is_one_error_listing_the_valid_ones(tmp_path):

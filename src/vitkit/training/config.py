@@ -70,6 +70,9 @@ class TrainConfig:
     # attention kernel for training steps (torch.nn.attention.SDPBackend name, e.g. "math"); None: torch
     # chooses. On CPU with a few dozen tokens the unfused math path trains faster than flash.
     sdpa_backend: str | None = None
+    # flush denormal floats to zero while training on CPU: AdamW's second moments of tiny gradients sink into
+    # the denormal range, where x86 arithmetic is slow (the Fashion-MNIST recipe trains ~25% faster with it)
+    flush_denormal: bool = True
     # distillation from any model vitkit can load
     teacher: str | None = None
     distill: str = "none"  # none | hard (DeiT, through the distillation token) | soft

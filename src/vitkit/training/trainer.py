@@ -93,6 +93,7 @@ def train(cfg: TrainConfig, resume: str | bool | None = None, overwrite: bool = 
     out = Path(cfg.output)
     run_dir = RunDirectory(out)
     try:
+        cpu_numerics(cfg, device)
         if dist.is_main:
             _check_writable(out)
             run_dir.acquire(resume=bool(resume), overwrite=overwrite)
@@ -104,8 +105,15 @@ def train(cfg: TrainConfig, resume: str | bool | None = None, overwrite: bool = 
             atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
         return _run_epochs(run)
     finally:
+        torch.set_flush_denormal(False)  # torch's default; training is what needs it
         run_dir.release()
         shutdown(dist)
+
+
+def cpu_numerics(cfg: TrainConfig, device: torch.device) -> None:
+    """Flush denormals to zero for CPU training when `cfg.flush_denormal` (no effect on other devices)."""
+    if device.type == "cpu":
+        torch.set_flush_denormal(cfg.flush_denormal)
 
 
 def _model_arguments(cfg: TrainConfig, num_classes: int, in_chans: int, objective_kwargs: dict) -> dict:

@@ -91,7 +91,7 @@ def _fmt(column: str, value) -> str:
 
 def markdown_table(results: dict) -> str:
     shown = ["model", "top1", "params", "gflops", "train_img_s", "infer_img_s_b1", "infer_img_s_b256",
-             "peak_mem_mb", "ece", "epochs"]
+             "peak_mem_mb", "ece", "epochs", "train_min"]
     lines = ["| " + " | ".join(HEADINGS.get(c, c) for c in shown) + " |", "|" + "---|" * len(shown)]
     lines += ["| " + " | ".join(_fmt(c, r.get(c)) for c in shown) + " |" for r in results["rows"]]
     return "\n".join(lines)

@@ -4,7 +4,9 @@ selects `best/` on the validation split), then measure the selected model.
 Budget: `budget_min` minutes of training per entry and seed, validation passes included. Before anything is
 trained every entry is timed (a few warmed-up optimizer steps on real batches, plus one validation forward
 pass scaled to the validation split) and given epochs = floor(budget / epoch time); an entry of which not
-even one epoch fits is refused then, so a too-small budget fails before any run starts. The final test
+even one epoch fits is refused then, so a too-small budget fails before any run starts. Warm-up is the
+recipe's, capped at a tenth of the planned epochs (`fit_warmup`): a 3-epoch entry warms up for 0.3 epochs
+rather than spending its first whole epoch there. The final test
 evaluation and the measurements below come on top of the budget.
 
 Measurements of the selected model: test top-1 (the trainer's eval.json) and ECE on the test split,
@@ -42,6 +44,7 @@ from .report import write_report
 ESTIMATE_STEPS = 20  # timed optimizer steps per entry, after ESTIMATE_WARMUP untimed ones
 ESTIMATE_WARMUP = 3
 INFER_BATCHES = (1, 256)
+WARMUP_SHARE = 0.1  # at most this share of an entry's epochs is learning-rate warm-up
 TIMING = {"warmup": 2, "repeats": 7, "min_run_s": 0.5, "latency_runs": 20}  # the bench's timing options
 
 
@@ -62,20 +65,22 @@ def estimate_epoch(cfg: TrainConfig, steps: int = ESTIMATE_STEPS, warmup: int = 
     `warmup` untimed ones, and one validation-sized forward pass; nothing is written to `cfg.output`."""
     from ..training.data_stream import batch_indices, epoch_order, iterate_batches
     from ..training.distributed import DistInfo
-    from ..training.trainer import _build_run, _pick_device, _train_step
+    from ..training.trainer import _build_run, _pick_device, _train_step, cpu_numerics
 
     device = _pick_device(cfg.device)
+    cpu_numerics(cfg, device)
     if cfg.amp == "auto":  # as `train` resolves it
         cfg = dataclasses.replace(cfg, amp=torch.cuda.is_bf16_supported() if device.type == "cuda"
                                   else cpu_has_native_bf16())
     run = _build_run(cfg, DistInfo(), device, Path(cfg.output))
     order = epoch_order(len(run.train_set), cfg.seed, 0)
     batches = batch_indices(order, cfg.batch_size, 0)[: warmup + steps]
-    times = []
-    for images, targets in iterate_batches(run.train_set, batches, cfg.workers):
-        start = time.perf_counter()
+    times, start = [], time.perf_counter()
+    for images, targets in iterate_batches(run.train_set, batches, cfg.workers):  # batch loading timed too
         _train_step(run, images, targets)
         times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+    torch.set_flush_denormal(False)
     timed = times[warmup:] or times
     val_s = 0.0
     if run.val_set is not None:
@@ -99,6 +104,12 @@ def plan_epochs(name: str, estimate: Estimate, budget_min: float) -> int:
                          f"~{estimate.epoch_s / 60:.2g} min here ({estimate.steps_per_epoch} steps at "
                          f"~{estimate.step_s:.2g} s each, plus validation); expected at least {need:g} minutes")
     return epochs
+
+
+def fit_warmup(warmup_epochs: float, epochs: int) -> float:
+    """The recipe's warm-up, capped at WARMUP_SHARE of the planned epochs, so that an entry that fits only a
+    few epochs in the budget still spends most of them past the warm-up (at full, then decaying, lr)."""
+    return min(warmup_epochs, WARMUP_SHARE * epochs)
 
 
 def _bench_worker(job: dict, workdir: Path) -> dict:
@@ -192,8 +203,8 @@ def run_zoo(models: list[str] | None = None, data: str = "fashion-mnist", budget
         estimate, epochs = plans[name]
         runs = []
         for seed in seeds:
-            cfg = dataclasses.replace(zoo_config(name, data, out / "runs" / f"{name}-s{seed}", seed, overrides),
-                                      epochs=epochs)
+            cfg = zoo_config(name, data, out / "runs" / f"{name}-s{seed}", seed, overrides)
+            cfg = dataclasses.replace(cfg, epochs=epochs, warmup_epochs=fit_warmup(cfg.warmup_epochs, epochs))
             say(f"training {name} seed {seed}: {epochs} epochs")
             summary = train(cfg, overwrite=True)
             run_dir = Path(summary["output"])

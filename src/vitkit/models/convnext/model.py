@@ -189,8 +189,10 @@ class ConvNeXt(StagedModelMixin, nn.Module):
 
     @property
     def input_spec(self) -> InputSpec:
-        """timm's pretrained cfg for ConvNeXt: 224, crop 0.875, bicubic; any size divisible by the total stride."""
-        spec = InputSpec(in_chans=self.config.in_chans, img_size=(224, 224), fixed_size=False,
+        """timm's pretrained cfg for ConvNeXt: 224 (or the config's img_size), crop 0.875, bicubic; any size
+        divisible by the total stride."""
+        size = self.config.img_size
+        spec = InputSpec(in_chans=self.config.in_chans, img_size=(size, size), fixed_size=False,
                          size_multiple=self.feature_info[-1].reduction, crop_pct=0.875, interpolation="bicubic")
         return with_pretrained_cfg(spec, self)
 
