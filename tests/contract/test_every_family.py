@@ -31,7 +31,11 @@ CASES = {**FIRST, "poolformerv2": "poolformerv2_s12", "convformer": "convformer_
 NO_LINEAR = {"convnext", "metaformer", "poolformerv2", "convformer"}  # all convolutions: dynamic int8 has nothing
 NO_ATTENTION = {"convnext", "metaformer", "poolformerv2", "convformer"}  # attention-free token mixers
 NO_ATTENTION_GRAD = {"swin", "pvt_v2", "caformer"}  # attention modules without an explicit-attention grad mode
-MIXED_HEADS = {"cait"}  # talking heads: the captured maps are the probabilities mixed across heads (proj_w)
+MIXED_HEADS = {"cait"}
+TOKEN_MODELS = {"vit", "beit", "cct"}  # ToMe / EViT token adapters (vitkit.efficiency.adapters)
+NO_CLASS_TOKEN = {"cct"}  # EViT ranks by class-token attention: refused
+TOKEN_REFUSAL_WORDS = {"cait": ("talking-heads",), "xcit": ("local patch interaction",),
+                       "swin": ("stages of feature maps",), "convnext": ("stages of feature maps",)}  # talking heads: the captured maps are the probabilities mixed across heads (proj_w)
 # ONNX export costs seconds a model: the cases test_consumers.py exports already (same class and token mixer), and
 # PoolFormerV2 (PoolFormer's pooling mixer), are not exported again here
 ONNX_ELSEWHERE = {"vit", "convnext", "swin", "pvt_v2", "caformer"}
@@ -145,15 +149,27 @@ def test_optimize_precision_and_token_reduction(key):
             int8 = vitkit.optimize(tiny(key, num_classes=4), "int8")(x)
             assert int8.shape == reference.shape and torch.isfinite(int8).all()
     for spec in ("tome:r=1", "evit:keep=0.7"):
-        if find_token_adapter(model) is not None:
+        if find_token_adapter(model) is not None and not (spec.startswith("evit") and key in NO_CLASS_TOKEN):
             with torch.no_grad():
-                reduced = vitkit.optimize(tiny(key, num_classes=4), spec)(x)
+                fast = vitkit.optimize(tiny(key, num_classes=4), spec)
+                reduced = fast(x)
             assert reduced.shape == reference.shape and torch.isfinite(reduced).all()
+            assert fast.token_state.size.shape[1] < model_tokens(model)  # tokens were merged or pruned
+        elif find_token_adapter(model) is not None:
+            with pytest.raises(ValueError) as err:
+                vitkit.optimize(tiny(key, num_classes=4), spec)
+            refuses(err.value, model, "has no class token")
         else:
             with pytest.raises(ValueError) as err:
                 vitkit.optimize(tiny(key, num_classes=4), spec)
-            refuses(err.value, model, f"{spec.split(':')[0]} needs a plain ViT")
-    assert (find_token_adapter(model) is not None) == (key == "vit")
+            refuses(err.value, model, f"{spec.split(':')[0]} needs a plain ViT", *TOKEN_REFUSAL_WORDS.get(key, ()))
+    assert (find_token_adapter(model) is not None) == (key in TOKEN_MODELS)
+
+
+def model_tokens(model) -> int:
+    from vitkit.efficiency.adapters import find_token_adapter
+
+    return find_token_adapter(model).num_tokens(model)
 
 
 @pytest.mark.parametrize("key", ONNX_CASES)

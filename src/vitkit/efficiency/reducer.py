@@ -94,7 +94,8 @@ def apply_evit(model: nn.Module, keep: float, blocks: list[int] | None = None) -
     net = unwrap(model)
     adapter = token_adapter(net, "EViT")
     if not adapter.has_class_token(net):
-        raise ValueError("EViT ranks tokens by class-token attention, and this model has no class token")
+        raise ValueError(f"EViT ranks tokens by class-token attention, and this {type(net).__name__} has no class "
+                         "token; ToMe (tome:r=N) merges tokens without one")
     depth = len(adapter.reducers(net))
     blocks = default_prune_blocks(depth) if blocks is None else [b + depth if b < 0 else b for b in blocks]
     bad = [b for b in blocks if not 0 <= b < depth]

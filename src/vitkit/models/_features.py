@@ -21,6 +21,27 @@ def take_indices(num_blocks: int, indices: int | list[int] | tuple[int, ...] | N
     return set(take), max(take)
 
 
+def check_output_fmt(output_fmt: str) -> None:
+    if output_fmt not in ("NCHW", "NLC"):
+        raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+
+
+def layout_token_intermediates(intermediates: list[torch.Tensor], num_prefix_tokens: int, grid: tuple[int, int],
+                               output_fmt: str, return_prefix_tokens: bool = False) -> list:
+    """Block outputs (B, prefix + h*w, D) of a token model as timm's `forward_intermediates` returns them: the
+    patch tokens as NCHW maps of the (h, w) `grid` or as NLC tokens, each beside its prefix (class, register)
+    tokens with `return_prefix_tokens`. Merged or pruned sequences have no grid: NLC only."""
+    prefix = [y[:, :num_prefix_tokens] for y in intermediates]
+    tokens = [y[:, num_prefix_tokens:] for y in intermediates]
+    if output_fmt == "NCHW":
+        h, w = grid
+        if any(y.shape[1] != h * w for y in tokens):
+            raise ValueError("token merging/pruning left fewer tokens than the patch grid, so they cannot be laid out "
+                             "as NCHW maps; use output_fmt='NLC'")
+        tokens = [y.reshape(y.shape[0], h, w, -1).permute(0, 3, 1, 2).contiguous() for y in tokens]
+    return list(zip(tokens, prefix, strict=True)) if return_prefix_tokens else tokens
+
+
 def adapt_input_channels(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     """RGB patch-embedding weights to gray (sum) or to more channels (tiled, rescaled), as timm does."""
     if in_chans == 1:

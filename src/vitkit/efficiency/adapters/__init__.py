@@ -7,9 +7,10 @@ the algorithms need (depth, token count, prefix tokens, class token, patch grid)
 (`vitkit.layers.Block`) and the model sources know nothing of token reduction, as in ToMe's split
 between `merge.py` and one `patch/<family>.py` per model family.
 
-Only models that run one token sequence through all their blocks can take an adapter (ViT, DeiT,
-DINOv2, CLIP, SigLIP: all `vitkit.models.VisionTransformer`). Hierarchical models (ConvNeXt, Swin)
-have none, and `token_adapter` refuses them with the reason.
+Only models that run one token sequence through all their blocks can take an adapter: ViT, DeiT, DINOv2,
+CLIP, SigLIP (all `vitkit.models.VisionTransformer`), BEiT and CCT, each through `swap.BlockSwapAdapter`.
+Hierarchical models (ConvNeXt, Swin, PVTv2, MetaFormer, EfficientFormer) have none, and `token_adapter`
+refuses them with the reason; so do CaiT and XCiT (the model class says why: `token_reduction_refusal`).
 """
 
 import importlib
@@ -18,8 +19,8 @@ from torch import nn
 
 from ..token_state import TokenState
 
-TOKEN_SEQUENCE_MODELS = "ViT, DeiT, DINOv2, CLIP, SigLIP"
-_BUILTIN = ("vit",)  # modules of this package that register an adapter when imported
+TOKEN_SEQUENCE_MODELS = "ViT, DeiT, DINOv2, CLIP, SigLIP, BEiT, CCT"
+_BUILTIN = ("vit", "beit", "cct")  # modules of this package that register an adapter when imported
 
 
 class TokenAdapter:
@@ -93,7 +94,10 @@ def token_adapter(model: nn.Module, what: str = "token reduction") -> TokenAdapt
 def refusal(model: nn.Module, what: str) -> str:
     name = type(model).__name__
     strides = sorted({f.reduction for f in getattr(model, "feature_info", None) or () if hasattr(f, "reduction")})
-    if len(strides) > 1:
+    declared = getattr(model, "token_reduction_refusal", None)  # a model class may say why itself
+    if declared:
+        why = declared
+    elif len(strides) > 1:
         why = f"it has stages of feature maps (strides {', '.join(map(str, strides))}), not one token sequence"
     else:
         why = "no token adapter is registered for it (vitkit.efficiency.adapters.register_token_adapter)"

@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ...layers import Attention, DropPath, Mlp, PatchEmbed, resample_abs_pos_embed
-from .._features import adapt_stem_channels, take_indices
+from .._features import adapt_stem_channels, check_output_fmt, layout_token_intermediates, take_indices
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 from .configs import BEIT_MEAN_STD, BeitConfig
 
@@ -273,10 +273,9 @@ class Beit(nn.Module):
         """Outputs of chosen blocks, as timm returns them: `indices` an int n (the last n blocks), a list
         (negatives count from the end) or None (all); "NCHW" maps or "NLC" patch tokens, the class token
         beside them with `return_prefix_tokens`."""
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        check_output_fmt(output_fmt)
         take, last = take_indices(len(self.blocks), indices)
-        B, (grid_h, grid_w) = x.shape[0], self.patch_grid(x)
+        grid_h, grid_w = self.patch_grid(x)
         x = self.embed(x)
         shared = self.rel_pos_bias() if self.rel_pos_bias is not None else None
         intermediates = []
@@ -285,12 +284,8 @@ class Beit(nn.Module):
             x = self._run_block(block, x, shared)
             if i in take:
                 intermediates.append(self.norm(x) if norm else x)
-        prefix = [y[:, : self.num_prefix_tokens] for y in intermediates]
-        intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]
-        if output_fmt == "NCHW":
-            intermediates = [y.reshape(B, grid_h, grid_w, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
-        if return_prefix_tokens:
-            intermediates = list(zip(intermediates, prefix, strict=True))
+        intermediates = layout_token_intermediates(intermediates, self.num_prefix_tokens, (grid_h, grid_w), output_fmt,
+                                                   return_prefix_tokens)
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates

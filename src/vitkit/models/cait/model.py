@@ -21,7 +21,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ...layers import ACT_LAYERS, ClassAttn, DropPath, Mlp, PatchEmbed, resample_abs_pos_embed
-from .._features import ClassAttentionHeadMixin, adapt_stem_channels, take_indices
+from .._features import (
+    ClassAttentionHeadMixin,
+    adapt_stem_channels,
+    check_output_fmt,
+    layout_token_intermediates,
+    take_indices,
+)
 from .._groups import MERGE_WITH_PREVIOUS
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 from .configs import CaitConfig
@@ -100,6 +106,10 @@ class LayerScaleBlockClassAttn(nn.Module):
 
 class Cait(ClassAttentionHeadMixin, nn.Module):
     architecture = "cait"
+    # why ToMe / EViT refuse it (vitkit.efficiency.adapters): read by the refusal, not by the model
+    token_reduction_refusal = ("its talking-heads attention mixes the heads' logits before the softmax, where "
+                               "proportional attention would have to act, and EViT's class token only enters in the "
+                               "class-attention blocks")
     class_blocks_attr = "blocks_token_only"
 
     def __init__(self, config: CaitConfig):
@@ -203,10 +213,9 @@ class Cait(ClassAttentionHeadMixin, nn.Module):
         (negatives count from the end), None takes all. `norm` applies the final norm to each.
         `output_fmt`: "NCHW" maps or "NLC" tokens. Returns (forward_features output, intermediates) unless
         `intermediates_only`."""
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        check_output_fmt(output_fmt)
         take, last = take_indices(len(self.blocks), indices)
-        B, grid = x.shape[0], self.patch_embed.grid_size
+        grid = self.patch_embed.grid_size
         x = self.embed(x)
         intermediates = []
         blocks = self.blocks[: last + 1] if stop_early or intermediates_only else self.blocks
@@ -214,8 +223,7 @@ class Cait(ClassAttentionHeadMixin, nn.Module):
             x = self._block(block, x)
             if i in take:
                 intermediates.append(self.norm(x) if norm else x)
-        if output_fmt == "NCHW":
-            intermediates = [y.reshape(B, grid, grid, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+        intermediates = layout_token_intermediates(intermediates, 0, (grid, grid), output_fmt)
         if intermediates_only:
             return intermediates
         return self._class_attention(x), intermediates

@@ -30,7 +30,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ...layers import ACT_LAYERS, Attention, DropPath, Mlp, resample_abs_pos_embed
 from ...layers.patch_embed import check_image_input
-from .._features import adapt_stem_channels, take_indices
+from .._features import adapt_stem_channels, check_output_fmt, layout_token_intermediates, take_indices
 from .._groups import MERGE_WITH_PREVIOUS
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 from .configs import CctConfig
@@ -219,10 +219,9 @@ class Cct(nn.Module):
         list takes those blocks (negatives count from the end), None takes all. `norm` applies the final
         norm to each. `output_fmt`: "NCHW" maps of the token grid or "NLC" tokens. Returns
         (forward_features output, intermediates) unless `intermediates_only`."""
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        check_output_fmt(output_fmt)
         take, last = take_indices(len(self.blocks), indices)
-        B, (grid_h, grid_w) = x.shape[0], self.patch_grid(x)
+        grid_h, grid_w = self.patch_grid(x)
         x = self.embed(x)
         intermediates = []
         blocks = self.blocks[: last + 1] if stop_early or intermediates_only else self.blocks
@@ -230,11 +229,7 @@ class Cct(nn.Module):
             x = self._block(block, x)
             if i in take:
                 intermediates.append(self.norm(x) if norm else x)
-        if output_fmt == "NCHW":
-            if any(y.shape[1] != grid_h * grid_w for y in intermediates):
-                raise ValueError("token merging/pruning left fewer tokens than the token grid, so they cannot be "
-                                 "laid out as NCHW maps; use output_fmt='NLC'")
-            intermediates = [y.reshape(B, grid_h, grid_w, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+        intermediates = layout_token_intermediates(intermediates, 0, (grid_h, grid_w), output_fmt)
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates

@@ -22,7 +22,7 @@ from ...layers import (
     resample_abs_pos_embed,
 )
 from ...layers.pos_embed import POS_EMBED_INTERP
-from .._features import adapt_stem_channels, take_indices
+from .._features import adapt_stem_channels, check_output_fmt, layout_token_intermediates, take_indices
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 
 # timm's `mlp_layer` classes, by name: "mlp" (fc1 -> act -> fc2) and "swiglu_packed" (DINOv2 giant: one
@@ -271,10 +271,9 @@ class VisionTransformer(nn.Module):
         the end), None takes all. `output_fmt`: "NCHW" maps or "NLC" tokens (patch tokens only;
         prefix tokens come back beside them with `return_prefix_tokens`).
         """
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        check_output_fmt(output_fmt)
         take, last = take_indices(len(self.blocks), indices)
-        B, (grid_h, grid_w) = x.shape[0], self.patch_grid(x)
+        grid_h, grid_w = self.patch_grid(x)
         x = self.embed(x)
         intermediates = []
         blocks = self.blocks[: last + 1] if stop_early or intermediates_only else self.blocks
@@ -282,18 +281,8 @@ class VisionTransformer(nn.Module):
             x = block(x)
             if i in take:
                 intermediates.append(self.norm(x) if norm else x)
-
-        prefix = [y[:, : self.num_prefix_tokens] for y in intermediates]
-        intermediates = [y[:, self.num_prefix_tokens :] for y in intermediates]
-        if output_fmt == "NCHW":
-            if any(y.shape[1] != grid_h * grid_w for y in intermediates):
-                raise ValueError(
-                    "token merging/pruning left fewer tokens than the patch grid, so they cannot be laid out "
-                    "as NCHW maps; use output_fmt='NLC'"
-                )
-            intermediates = [y.reshape(B, grid_h, grid_w, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
-        if return_prefix_tokens:
-            intermediates = list(zip(intermediates, prefix, strict=True))
+        intermediates = layout_token_intermediates(intermediates, self.num_prefix_tokens, (grid_h, grid_w), output_fmt,
+                                                   return_prefix_tokens)
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates

@@ -33,7 +33,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ...layers import ACT_LAYERS, ClassAttn, DropPath, Mlp
-from .._features import ClassAttentionHeadMixin, adapt_stem_channels, take_indices
+from .._features import (
+    ClassAttentionHeadMixin,
+    adapt_stem_channels,
+    check_output_fmt,
+    layout_token_intermediates,
+    take_indices,
+)
 from .._groups import MERGE_WITH_PREVIOUS
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 from .configs import XcitConfig
@@ -202,6 +208,10 @@ class ClassAttentionBlock(nn.Module):
 
 class Xcit(ClassAttentionHeadMixin, nn.Module):
     architecture = "xcit"
+    # why ToMe / EViT refuse it (vitkit.efficiency.adapters): read by the refusal, not by the model
+    token_reduction_refusal = ("its local patch interaction convolves the patch grid in every block, which merged "
+                               "or pruned tokens no longer form, and its cross-covariance attention attends over "
+                               "channels, not tokens")
     class_blocks_attr = "cls_attn_blocks"
 
     def __init__(self, config: XcitConfig):
@@ -305,10 +315,8 @@ class Xcit(ClassAttentionHeadMixin, nn.Module):
         returns them. `indices`: an int n takes the last n blocks, a list takes those blocks (negatives count
         from the end), None takes all. `norm` applies the final norm to each. `output_fmt`: "NCHW" maps or
         "NLC" tokens. Returns (forward_features output, intermediates) unless `intermediates_only`."""
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        check_output_fmt(output_fmt)
         take, last = take_indices(len(self.blocks), indices)
-        B = x.shape[0]
         x, (height, width) = self._embed(x)
         intermediates = []
         blocks = self.blocks[: last + 1] if stop_early or intermediates_only else self.blocks
@@ -316,8 +324,7 @@ class Xcit(ClassAttentionHeadMixin, nn.Module):
             x = self._run(block, x, height, width)
             if i in take:
                 intermediates.append(self.norm(x) if norm else x)
-        if output_fmt == "NCHW":
-            intermediates = [y.reshape(B, height, width, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+        intermediates = layout_token_intermediates(intermediates, 0, (height, width), output_fmt)
         if intermediates_only:
             return intermediates
         return self._class_attention(x), intermediates
