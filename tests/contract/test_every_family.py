@@ -31,11 +31,11 @@ CASES = {**FIRST, "poolformerv2": "poolformerv2_s12", "convformer": "convformer_
 NO_LINEAR = {"convnext", "metaformer", "poolformerv2", "convformer"}  # all convolutions: dynamic int8 has nothing
 NO_ATTENTION = {"convnext", "metaformer", "poolformerv2", "convformer"}  # attention-free token mixers
 NO_ATTENTION_GRAD = {"swin", "pvt_v2", "caformer"}  # attention modules without an explicit-attention grad mode
-MIXED_HEADS = {"cait"}
+MIXED_HEADS = {"cait"}  # talking heads: the captured maps are the probabilities mixed across heads (proj_w)
 TOKEN_MODELS = {"vit", "beit", "cct"}  # ToMe / EViT token adapters (vitkit.efficiency.adapters)
 NO_CLASS_TOKEN = {"cct"}  # EViT ranks by class-token attention: refused
 TOKEN_REFUSAL_WORDS = {"cait": ("talking-heads",), "xcit": ("local patch interaction",),
-                       "swin": ("stages of feature maps",), "convnext": ("stages of feature maps",)}  # talking heads: the captured maps are the probabilities mixed across heads (proj_w)
+                       "swin": ("stages of feature maps",), "convnext": ("stages of feature maps",)}
 # ONNX export costs seconds a model: the cases test_consumers.py exports already (same class and token mixer), and
 # PoolFormerV2 (PoolFormer's pooling mixer), are not exported again here
 ONNX_ELSEWHERE = {"vit", "convnext", "swin", "pvt_v2", "caformer"}
