@@ -1,6 +1,7 @@
-"""Helpers every family's model API shares: which blocks or stages `forward_intermediates` takes,
-fitting a checkpoint's first convolution to another input channel count, and the stage-level model API
-of the hierarchical families (ConvNeXt, Swin)."""
+"""Helpers every family's model API shares: which blocks or stages `forward_intermediates` takes, its loop
+over the blocks and the layout of a token model's outputs (NCHW maps or NLC tokens), fitting a checkpoint's
+first convolution to another input channel count, and the stage-level model API of the hierarchical
+families (ConvNeXt, Swin) and the class-attention head of CaiT and XCiT."""
 
 import torch
 from torch import nn
@@ -24,6 +25,19 @@ def take_indices(num_blocks: int, indices: int | list[int] | tuple[int, ...] | N
 def check_output_fmt(output_fmt: str) -> None:
     if output_fmt not in ("NCHW", "NLC"):
         raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+
+
+def run_blocks(blocks, x: torch.Tensor, indices, run, final_norm, norm: bool, stop_early: bool):
+    """`forward_intermediates`' loop: `x` through `blocks` (each as `run(block, x)`), keeping the outputs of the
+    blocks `indices` names (`take_indices`), after `final_norm` when `norm`; with `stop_early` the blocks after
+    the last one taken are skipped. Returns (x, intermediates)."""
+    take, last = take_indices(len(blocks), indices)
+    intermediates = []
+    for i, block in enumerate(blocks[: last + 1] if stop_early else blocks):
+        x = run(block, x)
+        if i in take:
+            intermediates.append(final_norm(x) if norm else x)
+    return x, intermediates
 
 
 def layout_token_intermediates(intermediates: list[torch.Tensor], num_prefix_tokens: int, grid: tuple[int, int],

@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ...layers import Attention, DropPath, Mlp, PatchEmbed, resample_abs_pos_embed
-from .._features import adapt_stem_channels, check_output_fmt, layout_token_intermediates, take_indices
+from .._features import adapt_stem_channels, check_output_fmt, layout_token_intermediates, run_blocks, take_indices
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 from .configs import BEIT_MEAN_STD, BeitConfig
 
@@ -274,16 +274,11 @@ class Beit(nn.Module):
         (negatives count from the end) or None (all); "NCHW" maps or "NLC" patch tokens, the class token
         beside them with `return_prefix_tokens`."""
         check_output_fmt(output_fmt)
-        take, last = take_indices(len(self.blocks), indices)
         grid_h, grid_w = self.patch_grid(x)
         x = self.embed(x)
         shared = self.rel_pos_bias() if self.rel_pos_bias is not None else None
-        intermediates = []
-        blocks = self.blocks[: last + 1] if stop_early or intermediates_only else self.blocks
-        for i, block in enumerate(blocks):
-            x = self._run_block(block, x, shared)
-            if i in take:
-                intermediates.append(self.norm(x) if norm else x)
+        x, intermediates = run_blocks(self.blocks, x, indices, lambda block, x: self._run_block(block, x, shared),
+                                     self.norm, norm, stop_early or intermediates_only)
         intermediates = layout_token_intermediates(intermediates, self.num_prefix_tokens, (grid_h, grid_w), output_fmt,
                                                    return_prefix_tokens)
         if intermediates_only:

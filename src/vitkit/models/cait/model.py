@@ -26,7 +26,7 @@ from .._features import (
     adapt_stem_channels,
     check_output_fmt,
     layout_token_intermediates,
-    take_indices,
+    run_blocks,
 )
 from .._groups import MERGE_WITH_PREVIOUS
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
@@ -214,15 +214,10 @@ class Cait(ClassAttentionHeadMixin, nn.Module):
         `output_fmt`: "NCHW" maps or "NLC" tokens. Returns (forward_features output, intermediates) unless
         `intermediates_only`."""
         check_output_fmt(output_fmt)
-        take, last = take_indices(len(self.blocks), indices)
         grid = self.patch_embed.grid_size
         x = self.embed(x)
-        intermediates = []
-        blocks = self.blocks[: last + 1] if stop_early or intermediates_only else self.blocks
-        for i, block in enumerate(blocks):
-            x = self._block(block, x)
-            if i in take:
-                intermediates.append(self.norm(x) if norm else x)
+        x, intermediates = run_blocks(self.blocks, x, indices, self._block, self.norm, norm,
+                                     stop_early or intermediates_only)
         intermediates = layout_token_intermediates(intermediates, 0, (grid, grid), output_fmt)
         if intermediates_only:
             return intermediates

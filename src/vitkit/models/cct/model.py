@@ -30,7 +30,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ...layers import ACT_LAYERS, Attention, DropPath, Mlp, resample_abs_pos_embed
 from ...layers.patch_embed import check_image_input
-from .._features import adapt_stem_channels, check_output_fmt, layout_token_intermediates, take_indices
+from .._features import adapt_stem_channels, check_output_fmt, layout_token_intermediates, run_blocks, take_indices
 from .._groups import MERGE_WITH_PREVIOUS
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 from .configs import CctConfig
@@ -220,15 +220,10 @@ class Cct(nn.Module):
         norm to each. `output_fmt`: "NCHW" maps of the token grid or "NLC" tokens. Returns
         (forward_features output, intermediates) unless `intermediates_only`."""
         check_output_fmt(output_fmt)
-        take, last = take_indices(len(self.blocks), indices)
         grid_h, grid_w = self.patch_grid(x)
         x = self.embed(x)
-        intermediates = []
-        blocks = self.blocks[: last + 1] if stop_early or intermediates_only else self.blocks
-        for i, block in enumerate(blocks):
-            x = self._block(block, x)
-            if i in take:
-                intermediates.append(self.norm(x) if norm else x)
+        x, intermediates = run_blocks(self.blocks, x, indices, self._block, self.norm, norm,
+                                     stop_early or intermediates_only)
         intermediates = layout_token_intermediates(intermediates, 0, (grid_h, grid_w), output_fmt)
         if intermediates_only:
             return intermediates

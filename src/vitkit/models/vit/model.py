@@ -22,7 +22,7 @@ from ...layers import (
     resample_abs_pos_embed,
 )
 from ...layers.pos_embed import POS_EMBED_INTERP
-from .._features import adapt_stem_channels, check_output_fmt, layout_token_intermediates, take_indices
+from .._features import adapt_stem_channels, check_output_fmt, layout_token_intermediates, run_blocks, take_indices
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 
 # timm's `mlp_layer` classes, by name: "mlp" (fc1 -> act -> fc2) and "swiglu_packed" (DINOv2 giant: one
@@ -272,15 +272,10 @@ class VisionTransformer(nn.Module):
         prefix tokens come back beside them with `return_prefix_tokens`).
         """
         check_output_fmt(output_fmt)
-        take, last = take_indices(len(self.blocks), indices)
         grid_h, grid_w = self.patch_grid(x)
         x = self.embed(x)
-        intermediates = []
-        blocks = self.blocks[: last + 1] if stop_early or intermediates_only else self.blocks
-        for i, block in enumerate(blocks):
-            x = block(x)
-            if i in take:
-                intermediates.append(self.norm(x) if norm else x)
+        x, intermediates = run_blocks(self.blocks, x, indices, lambda block, x: block(x), self.norm, norm,
+                                     stop_early or intermediates_only)
         intermediates = layout_token_intermediates(intermediates, self.num_prefix_tokens, (grid_h, grid_w), output_fmt,
                                                    return_prefix_tokens)
         if intermediates_only:

@@ -38,7 +38,7 @@ from .._features import (
     adapt_stem_channels,
     check_output_fmt,
     layout_token_intermediates,
-    take_indices,
+    run_blocks,
 )
 from .._groups import MERGE_WITH_PREVIOUS
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
@@ -316,14 +316,9 @@ class Xcit(ClassAttentionHeadMixin, nn.Module):
         from the end), None takes all. `norm` applies the final norm to each. `output_fmt`: "NCHW" maps or
         "NLC" tokens. Returns (forward_features output, intermediates) unless `intermediates_only`."""
         check_output_fmt(output_fmt)
-        take, last = take_indices(len(self.blocks), indices)
         x, (height, width) = self._embed(x)
-        intermediates = []
-        blocks = self.blocks[: last + 1] if stop_early or intermediates_only else self.blocks
-        for i, block in enumerate(blocks):
-            x = self._run(block, x, height, width)
-            if i in take:
-                intermediates.append(self.norm(x) if norm else x)
+        x, intermediates = run_blocks(self.blocks, x, indices, lambda block, x: self._run(block, x, height, width),
+                                     self.norm, norm, stop_early or intermediates_only)
         intermediates = layout_token_intermediates(intermediates, 0, (height, width), output_fmt)
         if intermediates_only:
             return intermediates
