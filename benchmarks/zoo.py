@@ -5,6 +5,7 @@ training img/s, inference img/s at batch 1 and 256, peak memory, ECE).
 
     python benchmarks/zoo.py [--budget-min 10] [--models vit,resnet,...] [--seeds 0] [--threads 2]
         [--out runs/zoo]
+    python benchmarks/zoo.py --merge runs/zoo_a,runs/zoo_b --threads 1 --out runs/zoo   # one table from two halves
 
 Writes the report (report.html with the Pareto chart, results.json, results.csv) to --out and prints the
 machine line and the Markdown table for BENCHMARKS.md. Expect about budget x entries x seeds of training plus
@@ -17,7 +18,7 @@ import sys
 import torch
 
 from vitkit.bench.timing import machine_line
-from vitkit.zoo import markdown_table, run_zoo
+from vitkit.zoo import markdown_table, merge_zoo, run_zoo
 
 
 def main() -> int:
@@ -27,13 +28,19 @@ def main() -> int:
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="runs/zoo")
+    parser.add_argument("--merge", help="comma-separated zoo report directories to merge into --out (no training; "
+                        "inference re-timed here, one model after another)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     models = args.models.split(",") if args.models else None
     seeds = tuple(int(s) for s in args.seeds.split(","))
-    results = run_zoo(models, data="fashion-mnist", budget_min=args.budget_min, out=args.out, seeds=seeds,
-                      threads=args.threads, command="python benchmarks/zoo.py " + " ".join(sys.argv[1:]))
-    print(f"\nFashion-MNIST zoo, {args.budget_min:g} minutes of training per model, seeds {args.seeds}; "
+    command = "python benchmarks/zoo.py " + " ".join(sys.argv[1:])
+    if args.merge:
+        results = merge_zoo(args.merge.split(","), args.out, threads=args.threads, command=command)
+    else:
+        results = run_zoo(models, data="fashion-mnist", budget_min=args.budget_min, out=args.out, seeds=seeds,
+                          threads=args.threads, command=command)
+    print(f"\nFashion-MNIST zoo, {results['budget_min']:g} minutes of training per model, seeds {results['seeds']}; "
           f"{machine_line()}\n")
     print(markdown_table(results))
     print(f"\nreport: {args.out}/report.html")

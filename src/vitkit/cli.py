@@ -443,8 +443,14 @@ def cmd_trust(args) -> int:
 
 
 def cmd_zoo(args) -> int:
-    from vitkit.zoo import markdown_table, run_zoo
+    from vitkit.zoo import markdown_table, merge_zoo, run_zoo
 
+    if args.merge:
+        results = merge_zoo(args.merge.split(","), args.out, threads=args.threads, remeasure=not args.no_remeasure,
+                            progress=not args.quiet, command="vitkit " + " ".join(args.argv))
+        print(markdown_table(results))
+        print(f"written: {args.out}/report.html, results.json, results.csv, pareto.png")
+        return 0
     results = run_zoo(_names(args.models), data=args.data, budget_min=args.budget_min, out=args.out,
                       seeds=_ints(args.seeds, "--seeds"), threads=args.threads, progress=not args.quiet,
                       command="vitkit " + " ".join(args.argv))
@@ -634,6 +640,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", help="comma-separated zoo entries (default: all, recipes/zoo/*.yaml)")
     p.add_argument("--seeds", default="0", help="training seeds, e.g. 0,1,2 (top-1 and ECE are averaged)")
     p.add_argument("--out", default="runs/zoo", help="report directory (report.html, results.json/csv, runs/)")
+    p.add_argument("--merge", metavar="DIR,DIR", help="instead of training: one report from these zoo report "
+                   "directories (same data, budget and seeds), inference speed and memory timed again here")
+    p.add_argument("--no-remeasure", action="store_true", help="with --merge: keep each run's own timings")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_zoo)
 

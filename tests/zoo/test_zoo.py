@@ -8,7 +8,7 @@ import pytest
 
 import vitkit
 from vitkit.evaluation import count_params
-from vitkit.zoo import run_zoo, zoo_names, zoo_recipe
+from vitkit.zoo import merge_zoo, run_zoo, zoo_names, zoo_recipe
 from vitkit.zoo.report import COLUMNS
 from vitkit.zoo.run import fit_warmup
 
@@ -71,3 +71,26 @@ def test_a_budget_below_one_epoch_is_refused_before_training(tmp_path):
         run_zoo(["caformer"], data="digits", budget_min=1e-5, out=out, overrides=TINY_RUN, estimate_steps=1,
                 progress=False)
     assert not out.exists()
+
+
+def test_zoo_runs_side_by_side_merge_into_one_table(tmp_path):
+    parts = []
+    for name in ("caformer", "efficientformer"):
+        parts.append(tmp_path / name)
+        run_zoo([name], data="digits", budget_min=60, out=parts[-1], threads=1, overrides=TINY_RUN, estimate_steps=2,
+                timing=TINY_TIMING, progress=False)
+    merged = merge_zoo(parts, tmp_path / "all", threads=1, timing=TINY_TIMING, progress=False)
+    assert [r["model"] for r in merged["rows"]] == ["caformer", "efficientformer"] and merged["remeasured"]
+    assert all(r["infer_img_s_b256"] > 0 for r in merged["rows"])
+    assert json.loads((tmp_path / "all" / "results.json").read_text())["rows"][1]["model"] == "efficientformer"
+    assert (tmp_path / "all" / "report.html").stat().st_size > 0
+    with pytest.raises(ValueError, match="an entry appears in more than one of the zoo runs"):
+        merge_zoo([parts[0], parts[0]], tmp_path / "twice", remeasure=False, progress=False)
+    with pytest.raises(ValueError, match=r"is not a zoo report directory: expected .*results\.json"):
+        merge_zoo([parts[0], tmp_path / "nothing"], tmp_path / "bad", remeasure=False, progress=False)
+    other = json.loads((parts[1] / "results.json").read_text())
+    other["budget_min"] = 30
+    (parts[1] / "results.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match=r"the zoo runs differ in budget_min \(30, 60\)"):
+        merge_zoo(parts, tmp_path / "mixed", remeasure=False, progress=False)
+    assert not (tmp_path / "twice").exists() and not (tmp_path / "mixed").exists()

@@ -3,6 +3,6 @@ budget, then measured the same way (accuracy, cost, speed, memory, calibration) 
 
 from .recipes import zoo_names, zoo_recipe
 from .report import markdown_table, write_report
-from .run import run_zoo
+from .run import merge_zoo, run_zoo
 
-__all__ = ["markdown_table", "run_zoo", "write_report", "zoo_names", "zoo_recipe"]
+__all__ = ["markdown_table", "merge_zoo", "run_zoo", "write_report", "zoo_names", "zoo_recipe"]

@@ -110,6 +110,12 @@ def render_html(results: dict, directory: Path) -> str:
                      "</li>" for r in rows if r["pareto"]) or "<li>none</li>"
     machine = ", ".join(f"{k} {v}" for k, v in results["machine"].items())
     command = f" Command: <code>{e(results['command'])}</code>" if results.get("command") else ""
+    for part in results.get("merged_from", ()):
+        command += (f" Merged from <code>{e(part['dir'])}</code> (trained by <code>{e(part.get('command') or '?')}"
+                    "</code>)")
+    if results.get("merged_from"):
+        command += (" Inference speed and memory re-timed here, one model after another." if results.get("remeasured")
+                    else " Inference speed and memory as each run measured them.")
     seeds = ", ".join(str(s) for s in results["seeds"])
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>vitkit zoo</title>

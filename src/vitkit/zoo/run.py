@@ -229,3 +229,46 @@ def run_zoo(models: list[str] | None = None, data: str = "fashion-mnist", budget
                "command": command, "rows": rows}
     write_report(results, out)
     return results
+
+
+def merge_zoo(dirs: list[str | Path], out: str | Path, threads: int | None = None, remeasure: bool = True,
+              timing: dict | None = None, progress: bool = True, command: str | None = None) -> dict:
+    """One report from several zoo runs of the same data, budget and seeds (e.g. entries run side by side, one
+    thread each): their rows together, and with `remeasure` every selected model's inference speed and memory
+    measured again here, one after the other on this machine (so that runs that shared the CPU are timed alike).
+    The training runs stay where they are (the rows point to them)."""
+    parts = []
+    for d in dirs:
+        path = Path(d) / "results.json"
+        if not path.is_file():
+            raise ValueError(f"{d} is not a zoo report directory: expected {path}")
+        parts.append(json.loads(path.read_text()))
+    if not parts:
+        raise ValueError("expected at least one zoo report directory to merge")
+    for key in ("data", "budget_min", "seeds"):
+        values = {json.dumps(p[key]) for p in parts}
+        if len(values) > 1:
+            raise ValueError(f"the zoo runs differ in {key} ({', '.join(sorted(values))}): only runs of the same data, "
+                             "budget and seeds make one table")
+    rows = [r for p in parts for r in p["rows"]]
+    names = [r["model"] for r in rows]
+    if len(set(names)) != len(names):
+        raise ValueError(f"an entry appears in more than one of the zoo runs: {', '.join(names)}")
+    out = check_output_dir(Path(out), "vitkit zoo", markers=("results.json", "runs"))
+    if threads:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    if remeasure:
+        for row in rows:
+            if progress:
+                print(f"vitkit zoo: timing {row['model']} again", file=sys.stderr, flush=True)
+            first = Path(row["runs"][0]["dir"]) / row["runs"][0]["selected"]
+            with tempfile.TemporaryDirectory(prefix="vitkit-zoo-bench-") as tmp:
+                row.update(measure_model(first, threads, timing or TIMING, Path(tmp)))
+    results = {"data": parts[0]["data"], "budget_min": parts[0]["budget_min"], "seeds": parts[0]["seeds"],
+               "machine": machine_info(threads=threads), "command": command, "rows": rows,
+               "merged_from": [{"dir": str(d), "command": p.get("command"), "machine": p["machine"]}
+                               for d, p in zip(dirs, parts, strict=True)],
+               "remeasured": remeasure}
+    write_report(results, out)
+    return results
