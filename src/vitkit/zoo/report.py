@@ -11,11 +11,13 @@ from pathlib import Path
 from ..bench.report import pareto_front
 from ..reporting import CSS, PLOT_CHECK_SCRIPT, png_img, write_report_dir
 
-COLUMNS = ["model", "architecture", "top1", "top1_std", "ece", "params", "gflops", "train_img_s", "infer_img_s_b1",
-           "infer_img_s_b256", "peak_mem_mb", "epochs", "est_epoch_s", "train_min", "img_size", "seeds", "pareto"]
-HEADINGS = {"top1": "test top-1", "top1_std": "± (seeds)", "ece": "ECE", "gflops": "GFLOPs",
-            "train_img_s": "train img/s", "infer_img_s_b1": "infer img/s b1", "infer_img_s_b256": "infer img/s b256",
-            "peak_mem_mb": "peak MiB (b256)", "est_epoch_s": "est. s/epoch", "train_min": "train min"}
+COLUMNS = ["model", "architecture", "val_top1", "top1", "top1_std", "ece", "params", "gflops", "train_img_s",
+           "infer_img_s_b1", "infer_img_s_b256", "peak_mem_mb", "epochs", "est_epoch_s", "train_min", "img_size",
+           "seeds", "pareto"]
+HEADINGS = {"val_top1": "val top-1 (selection)", "top1": "test top-1", "top1_std": "± (seeds)", "ece": "ECE",
+            "gflops": "GFLOPs", "train_img_s": "train img/s", "infer_img_s_b1": "infer img/s b1",
+            "infer_img_s_b256": "infer img/s b256", "peak_mem_mb": "peak MiB (b256)", "est_epoch_s": "est. s/epoch",
+            "train_min": "train min"}
 PARETO_X = "infer_img_s_b256"
 PLOT = "pareto.png"
 
@@ -76,7 +78,7 @@ def plot_pareto(rows: list[dict], path: Path) -> None:
 def _fmt(column: str, value) -> str:
     if value is None:
         return ""
-    if column in ("top1", "top1_std"):
+    if column in ("top1", "top1_std", "val_top1"):
         return f"{value * 100:.2f}%"
     if column == "ece":
         return f"{value:.4f}"
@@ -90,7 +92,7 @@ def _fmt(column: str, value) -> str:
 
 
 def markdown_table(results: dict) -> str:
-    shown = ["model", "top1", "params", "gflops", "train_img_s", "infer_img_s_b1", "infer_img_s_b256",
+    shown = ["model", "val_top1", "top1", "params", "gflops", "train_img_s", "infer_img_s_b1", "infer_img_s_b256",
              "peak_mem_mb", "ece", "epochs", "train_min"]
     lines = ["| " + " | ".join(HEADINGS.get(c, c) for c in shown) + " |", "|" + "---|" * len(shown)]
     lines += ["| " + " | ".join(_fmt(c, r.get(c)) for c in shown) + " |" for r in results["rows"]]

@@ -159,6 +159,19 @@ def ece_on_test(model_dir: Path, data: str, seed: int) -> float:
     return ece(torch.cat(logits), torch.cat(labels))
 
 
+def selected_val_top1(run_dir: Path) -> float | None:
+    """Validation top-1 of the model the run selected (its eval.json): what to choose a family by, not test."""
+    path = run_dir / "eval.json"
+    return json.loads(path.read_text())["selected"].get("val_top1") if path.is_file() else None
+
+
+def _fill_val_top1(row: dict) -> None:
+    """The row's mean validation top-1 over its seeds, read from the runs (reports made before it was a column)."""
+    values = [r.get("val_top1") if r.get("val_top1") is not None else selected_val_top1(Path(r["dir"]))
+              for r in row["runs"]]
+    row["val_top1"] = statistics.mean(values) if values and None not in values else None
+
+
 def train_images_per_s(run_dir: Path) -> float | None:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     speeds = [r["img_per_s"] for r in rows if r.get("img_per_s")]
@@ -210,6 +223,7 @@ def run_zoo(models: list[str] | None = None, data: str = "fashion-mnist", budget
             run_dir = Path(summary["output"])
             selected = run_dir / summary["selected"]
             runs.append({"seed": seed, "dir": str(run_dir), "top1": summary["report"].top1,
+                         "val_top1": selected_val_top1(run_dir),
                          "ece": ece_on_test(selected, data, seed), "train_min": summary["elapsed_s"] / 60,
                          "train_img_s": train_images_per_s(run_dir), "selected": summary["selected"],
                          "selected_epoch": summary["selected_epoch"]})
@@ -220,6 +234,8 @@ def run_zoo(models: list[str] | None = None, data: str = "fashion-mnist", budget
         top1, top1_std = _mean_std([r["top1"] for r in runs])
         rows.append({
             "model": name, "architecture": load(first).architecture, "top1": top1, "top1_std": top1_std,
+            "val_top1": statistics.mean(r["val_top1"] for r in runs) if all(r["val_top1"] is not None for r in runs)
+            else None,
             "ece": statistics.mean(r["ece"] for r in runs), **cost,
             "train_img_s": statistics.mean(r["train_img_s"] or 0.0 for r in runs),
             "epochs": epochs, "est_epoch_s": estimate.epoch_s,
@@ -251,6 +267,9 @@ def merge_zoo(dirs: list[str | Path], out: str | Path, threads: int | None = Non
             raise ValueError(f"the zoo runs differ in {key} ({', '.join(sorted(values))}): only runs of the same data, "
                              "budget and seeds make one table")
     rows = [r for p in parts for r in p["rows"]]
+    for row in rows:
+        if row.get("val_top1") is None:
+            _fill_val_top1(row)
     names = [r["model"] for r in rows]
     if len(set(names)) != len(names):
         raise ValueError(f"an entry appears in more than one of the zoo runs: {', '.join(names)}")
