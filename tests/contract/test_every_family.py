@@ -110,7 +110,7 @@ def test_info_prints_a_summary(key, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("key", CASES)
-def test_training_with_layer_decay_and_reload(key, tmp_path):
+def test_training_with_layer_decay_and_reload_then_eval_and_predict(key, tmp_path, capsys):
     from safetensors.torch import load_file
 
     from vitkit.training import TrainConfig, train
@@ -130,6 +130,17 @@ def test_training_with_layer_decay_and_reload(key, tmp_path):
     x = images(saved)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), saved(x), atol=0, rtol=0)
+    # the trained model through `vitkit eval` and `vitkit predict`
+    from PIL import Image
+
+    from vitkit.cli import main
+
+    assert main(["eval", str(out / "final"), "--data", "synthetic:16", "--out", str(tmp_path / "eval")]) == 0
+    assert 0 <= json.loads((tmp_path / "eval" / "eval.json").read_text())["top1"] <= 1
+    Image.fromarray(torch.randint(0, 256, (40, 48, 3), dtype=torch.uint8).numpy()).save(tmp_path / "a.png")
+    capsys.readouterr()
+    assert main(["predict", str(out / "final"), str(tmp_path / "a.png"), "--topk", "2"]) == 0
+    assert "a.png" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("key", CASES)
