@@ -151,3 +151,42 @@ class ClassAttentionHeadMixin:
 
     def get_classifier(self) -> nn.Module:
         return self.head
+
+
+class ConvStagesMixin(StagedModelMixin):
+    """The rest of timm's model API for the families that are stem -> stages of NCHW maps -> `norm_pre` -> a head
+    called as `head(x, pre_logits=...)` (ConvNeXt, MetaFormer, ResNet), written once."""
+
+    stages_attr, final_norm_attr = "stages", "norm_pre"
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem(x.to(next(self.stem.parameters()).dtype))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm_pre(self.stages(self._stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False, stop_early: bool = False):
+        """Outputs of chosen stages as NCHW maps (timm: an int n takes the last n stages, a list those stages,
+        None all). `norm` applies `norm_pre` to the last stage's map, as timm (an identity in these families'
+        named configs)."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"{type(self).__name__} gives NCHW maps only; output_fmt={output_fmt!r}")
+        take, last = take_indices(len(self.stages), indices)
+        final = len(self.stages) - 1
+        stages = self.stages[: last + 1] if stop_early or intermediates_only else self.stages
+        x = self._stem(x)
+        intermediates = []
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take:
+                intermediates.append(self.norm_pre(x) if norm and i == final else x)
+        if intermediates_only:
+            return intermediates
+        return (self.norm_pre(x) if len(stages) - 1 == final else x), intermediates

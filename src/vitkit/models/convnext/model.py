@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ...layers import DropPath, Mlp
 from ...layers.pooling import MAP_POOL_TYPES, GlobalPool2d
-from .._features import StagedModelMixin, adapt_stem_channels, take_indices
+from .._features import ConvStagesMixin, adapt_stem_channels
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 
 if TYPE_CHECKING:
@@ -144,11 +144,11 @@ class NormMlpClassifierHead(nn.Module):
         return x if pre_logits else self.fc(x)
 
 
-class ConvNeXt(StagedModelMixin, nn.Module):
-    """timm's `ConvNeXt`; pruning, head reset and gradient checkpointing come from `StagedModelMixin`."""
+class ConvNeXt(ConvStagesMixin, nn.Module):
+    """timm's `ConvNeXt`; forward_features / forward_head / forward_intermediates, pruning, head reset and gradient
+    checkpointing come from `ConvStagesMixin`."""
 
     architecture = "convnext"
-    stages_attr, final_norm_attr = "stages", "norm_pre"
 
     def __init__(self, config: ConvNeXtConfig):
         super().__init__()
@@ -197,35 +197,6 @@ class ConvNeXt(StagedModelMixin, nn.Module):
         return with_pretrained_cfg(spec, self)
 
     # ----- timm's model API ------------------------------------------------------------------
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stages(self.stem(x.to(self.stem[0].weight.dtype)))
-        return self.norm_pre(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
-                              output_fmt: str = "NCHW", intermediates_only: bool = False, stop_early: bool = False):
-        """Outputs of chosen stages as NCHW maps (timm: an int n takes the last n stages, a list those stages,
-        None all). `norm` applies `norm_pre` to the last stage's map, as timm."""
-        if output_fmt != "NCHW":
-            raise ValueError(f"ConvNeXt gives NCHW maps only; output_fmt={output_fmt!r}")
-        take, last = take_indices(len(self.stages), indices)
-        final = len(self.stages) - 1
-        stages = self.stages[: last + 1] if stop_early or intermediates_only else self.stages
-        x = self.stem(x.to(self.stem[0].weight.dtype))
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take:
-                intermediates.append(self.norm_pre(x) if norm and i == final else x)
-        if intermediates_only:
-            return intermediates
-        return (self.norm_pre(x) if len(stages) - 1 == final else x), intermediates
-
     def _reset_head(self, num_classes: int, global_pool: str | None) -> None:
         self.head.reset(num_classes, global_pool)  # GlobalPool refuses an unknown pool before anything changes
 

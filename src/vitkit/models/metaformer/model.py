@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ...layers import DropPath
 from ...layers.pooling import GlobalPool2d
-from .._features import StagedModelMixin, adapt_stem_channels, take_indices
+from .._features import ConvStagesMixin, adapt_stem_channels
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 from .layers import ACTIVATIONS, NORM_LAYERS, Attention, ConvMlp, Pooling, Scale, SepConv, SquaredReLU
 
@@ -174,11 +174,11 @@ class MetaFormerHead(nn.Module):
         return x if pre_logits else self.fc(x)
 
 
-class MetaFormer(StagedModelMixin, nn.Module):
-    """timm's `MetaFormer`; pruning, head reset and gradient checkpointing come from `StagedModelMixin`."""
+class MetaFormer(ConvStagesMixin, nn.Module):
+    """timm's `MetaFormer`; forward_features / forward_head / forward_intermediates, pruning, head reset and gradient
+    checkpointing come from `ConvStagesMixin`."""
 
     architecture = "metaformer"
-    stages_attr, final_norm_attr = "stages", "norm_pre"
 
     def __init__(self, config: MetaFormerConfig):
         super().__init__()
@@ -218,34 +218,6 @@ class MetaFormer(StagedModelMixin, nn.Module):
         return with_pretrained_cfg(spec, self)
 
     # ----- timm's model API ------------------------------------------------------------------
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm_pre(self.stages(self.stem(x.to(self.stem.conv.weight.dtype))))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
-                              output_fmt: str = "NCHW", intermediates_only: bool = False, stop_early: bool = False):
-        """Outputs of chosen stages as NCHW maps (an int n takes the last n stages, a list those stages, None
-        all). timm's MetaFormer has no norm between the stages and the head, so `norm` changes nothing."""
-        if output_fmt != "NCHW":
-            raise ValueError(f"MetaFormer gives NCHW maps only; output_fmt={output_fmt!r}")
-        take, last = take_indices(len(self.stages), indices)
-        final = len(self.stages) - 1
-        stages = self.stages[: last + 1] if stop_early or intermediates_only else self.stages
-        x = self.stem(x.to(self.stem.conv.weight.dtype))
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take:
-                intermediates.append(self.norm_pre(x) if norm and i == final else x)
-        if intermediates_only:
-            return intermediates
-        return (self.norm_pre(x) if len(stages) - 1 == final else x), intermediates
-
     def _reset_head(self, num_classes: int, global_pool: str | None) -> None:
         self.head.reset(num_classes, global_pool)
 
