@@ -327,3 +327,29 @@ def test_unsupported_hugging_face_configs_are_named():
         from_hf({"hidden_act": "relu"}, {})
     with pytest.raises(ValueError, match="use_mean_pooling is set but the pooler's layernorm"):
         from_hf({"hidden_size": 32, "num_attention_heads": 2}, {"beit.embeddings.cls_token": torch.zeros(1, 1, 32)})
+
+
+def test_inference_reuses_the_bias_lookup_until_the_weights_change():
+    """Without gradients the relative position bias and the q/v bias are built once per version of the weights:
+    the same outputs as building them every call, and a weight update (in place, as an optimizer's) is seen."""
+    from vitkit.models.beit.model import lookup_bias
+
+    torch.manual_seed(0)
+    model = vitkit.create_model("beit_base_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=2,
+                                num_heads=2, num_classes=3).eval()
+    x = torch.randn(2, 3, 32, 32)
+    attn = model.blocks[0].attn
+    with torch.no_grad():
+        first = model(x)
+        cached = attn.position_bias()
+        assert attn.position_bias() is cached  # reused
+        attn.relative_position_bias_table.add_(torch.randn_like(attn.relative_position_bias_table))
+        attn.q_bias.add_(1.0)
+        assert attn.position_bias() is not cached
+        torch.testing.assert_close(attn.position_bias(),
+                                   lookup_bias(attn.relative_position_bias_table, attn.relative_position_index))
+        changed = model(x)
+    assert not torch.allclose(first, changed)
+    reference = model(x)  # with gradients: built afresh, nothing cached is used
+    torch.testing.assert_close(changed, reference.detach(), atol=1e-6, rtol=1e-6)
+    assert attn.position_bias().requires_grad

@@ -48,10 +48,10 @@ class ReducingBeitBlock(BeitBlock):
             bias = position if bias is None else position + bias
         q, k, v = self.attn.project_qkv(self.norm1(x))
         y = self.attn.attend(q, k, v, bias)
-        x = x + self.drop_path1(y if self.gamma_1 is None else self.gamma_1 * y)
+        x = self._residual(x, y, self.gamma_1, self.drop_path1)
         x = reducer.reduce(x, q, k, self.attn.scale, bias)
         y = self.mlp(self.norm2(x))
-        return x + self.drop_path2(y if self.gamma_2 is None else self.gamma_2 * y)
+        return self._residual(x, y, self.gamma_2, self.drop_path2)
 
 
 class BeitAdapter(BlockSwapAdapter):

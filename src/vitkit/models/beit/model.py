@@ -44,6 +44,22 @@ def relative_position_index(grid: int) -> torch.Tensor:
     return index
 
 
+def inference_cached(module: nn.Module, key: str, parts: tuple[torch.Tensor, ...], build):
+    """`build()`, kept on `module` and reused while no gradient is recorded and `parts` (the parameters it is
+    made of) are unchanged (same storage, same version counter), so that inference does not redo per call what
+    depends on the weights only (the relative position bias lookup, the q/v bias concatenation). Training,
+    tracing, compiling and exporting always build afresh."""
+    if (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch.onnx.is_in_onnx_export()):
+        return build()
+    stamp = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in parts)
+    cache = module.__dict__.setdefault("_inference_cache", {})
+    hit = cache.get(key)
+    if hit is None or hit[0] != stamp:
+        hit = cache[key] = (stamp, build())
+    return hit[1]
+
+
 def lookup_bias(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """(1, heads, N, N) attention bias from a (distances, heads) table and an (N, N) index."""
     n = index.shape[0]
@@ -72,7 +88,8 @@ class RelativePositionBias(nn.Module):
         self.register_buffer("relative_position_index", relative_position_index(grid), persistent=False)
 
     def forward(self) -> torch.Tensor:
-        return lookup_bias(self.relative_position_bias_table, self.relative_position_index)
+        table = self.relative_position_bias_table
+        return inference_cached(self, "bias", (table,), lambda: lookup_bias(table, self.relative_position_index))
 
 
 class BeitAttention(Attention):
@@ -97,9 +114,9 @@ class BeitAttention(Attention):
         if self.q_bias is None:
             qkv = self.qkv(x)
         elif type(self.qkv) is nn.Linear:  # the q/v bias inside the matmul, as transformers' separate q/k/v layers
-            qkv = F.linear(x, self.qkv.weight, torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias)))
+            qkv = F.linear(x, self.qkv.weight, self.qkv_bias())
         else:  # int8 and other rewrites replace the module: call it, then add the bias
-            qkv = self.qkv(x) + torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
+            qkv = self.qkv(x) + self.qkv_bias()
         q, k, v = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         return q, k, v
 
@@ -114,10 +131,16 @@ class BeitAttention(Attention):
         x = x.transpose(1, 2).reshape(x.shape[0], -1, self.num_heads * self.head_dim)
         return self.proj_drop(self.proj(x))
 
+    def qkv_bias(self) -> torch.Tensor:
+        """q bias, zeros for k, v bias: one bias for the fused qkv projection."""
+        q, v = self.q_bias, self.v_bias
+        return inference_cached(self, "qkv_bias", (q, v), lambda: torch.cat((q, torch.zeros_like(q), v)))
+
     def position_bias(self) -> torch.Tensor | None:
-        if self.relative_position_bias_table is None:
+        table = self.relative_position_bias_table
+        if table is None:
             return None
-        return lookup_bias(self.relative_position_bias_table, self.relative_position_index)
+        return inference_cached(self, "bias", (table,), lambda: lookup_bias(table, self.relative_position_index))
 
     def forward(self, x: torch.Tensor, shared_rel_pos_bias: torch.Tensor | None = None) -> torch.Tensor:
         bias = self.position_bias()
@@ -149,9 +172,17 @@ class BeitBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, shared_rel_pos_bias: torch.Tensor | None = None) -> torch.Tensor:
         y = self.attn(self.norm1(x), shared_rel_pos_bias)
-        x = x + self.drop_path1(y if self.gamma_1 is None else self.gamma_1 * y)
+        x = self._residual(x, y, self.gamma_1, self.drop_path1)
         y = self.mlp(self.norm2(x))
-        return x + self.drop_path2(y if self.gamma_2 is None else self.gamma_2 * y)
+        return self._residual(x, y, self.gamma_2, self.drop_path2)
+
+    def _residual(self, x: torch.Tensor, y: torch.Tensor, gamma: torch.Tensor | None, drop_path: nn.Module):
+        """x + drop_path(gamma * y), the LayerScale product and the sum in one pass where drop path is off."""
+        if gamma is None:
+            return x + drop_path(y)
+        if isinstance(drop_path, nn.Identity) or not self.training:
+            return torch.addcmul(x, gamma, y)
+        return x + drop_path(gamma * y)
 
 
 class Beit(nn.Module):

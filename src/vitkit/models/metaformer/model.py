@@ -91,8 +91,15 @@ class MetaFormerBlock(nn.Module):
         self.res_scale2 = Scale(dim, rs, nchw) if rs is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.res_scale1(x) + self.layer_scale1(self.drop_path1(self.token_mixer(self.norm1(x))))
-        return self.res_scale2(x) + self.layer_scale2(self.drop_path2(self.mlp(self.norm2(x))))
+        x = self._add(self.res_scale1(x), self.token_mixer(self.norm1(x)), self.layer_scale1, self.drop_path1)
+        return self._add(self.res_scale2(x), self.mlp(self.norm2(x)), self.layer_scale2, self.drop_path2)
+
+    def _add(self, shortcut: torch.Tensor, y: torch.Tensor, layer_scale: nn.Module, drop_path: nn.Module):
+        """shortcut + layer_scale(drop_path(y)); a layer scale without drop path is one addcmul (one pass over
+        the map instead of two: these blocks are memory-bound on CPU)."""
+        if isinstance(layer_scale, Scale) and (isinstance(drop_path, nn.Identity) or not self.training):
+            return torch.addcmul(shortcut, layer_scale.scale.view(layer_scale.shape), y)
+        return shortcut + layer_scale(drop_path(y))
 
 
 class MetaFormerStage(nn.Module):
