@@ -160,3 +160,21 @@ def test_denormals_are_flushed_while_training_on_cpu_and_restored_after(tmp_path
     with pytest.raises(ValueError):
         train(config(tmp_path, epochs=1, data="no-such-dataset"), overwrite=True)
     assert not _flushes_denormals()
+
+
+def test_weight_decay_follows_a_cosine_from_start_to_end_on_decaying_groups_only(tmp_path, monkeypatch):
+    seen = []
+    real_step = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        seen.append(sorted({(g["decays"], g["weight_decay"]) for g in self.param_groups}))
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    train(config(tmp_path, epochs=2, weight_decay=0.04, weight_decay_end=0.4))
+    decaying = [dict(groups)[True] for groups in seen]
+    assert all(dict(groups)[False] == 0.0 for groups in seen)  # norms, biases, tokens: never decayed
+    assert decaying[0] == pytest.approx(0.04) and decaying[-1] == pytest.approx(0.4)
+    assert all(a < b for a, b in zip(decaying, decaying[1:], strict=False)) and len(decaying) >= 4
+    with pytest.raises(ValueError, match="weight_decay_end must be >= 0"):
+        config(tmp_path, weight_decay_end=-1.0)

@@ -48,6 +48,7 @@ class TrainConfig:
     min_lr: float = 1e-5
     warmup_epochs: float = 5.0
     weight_decay: float = 0.05
+    weight_decay_end: float | None = None  # cosine from weight_decay to this over the run (DINO: 0.04 -> 0.4)
     layer_decay: float | None = None  # e.g. 0.75 for fine-tuning: deeper blocks get larger learning rates
     clip_grad: float | None = 1.0
     drop_path: float = 0.1
@@ -96,8 +97,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "accum_steps", "eval_every", "keep_last"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("ckpt_every", "workers", "seed", "weight_decay", "warmup_epochs", "min_lr", "mixup", "cutmix"):
-            if getattr(self, name) < 0:
+        for name in ("ckpt_every", "workers", "seed", "weight_decay", "warmup_epochs", "min_lr", "mixup", "cutmix",
+                     "weight_decay_end"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("hflip", "re_prob", "mix_prob", "distill_alpha"):
             if not 0 <= getattr(self, name) <= 1:

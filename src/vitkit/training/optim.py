@@ -22,9 +22,9 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | Non
         no_decay = param.ndim <= 1 or name in skip or name.endswith(".bias")
         layer = ids.get(name, 0)
         scale = layer_decay ** (last - layer) if layer_decay is not None else 1.0
-        group = groups.setdefault(
-            (layer, no_decay), {"params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scale}
-        )
+        group = groups.setdefault((layer, no_decay), {
+            "params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scale, "decays": not no_decay,
+        })
         group["params"].append(param)
     return list(groups.values())
 
@@ -47,3 +47,14 @@ def warmup_cosine(optimizer, total_steps: int, warmup_steps: int, lr: float, min
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def cosine_weight_decay(optimizer, step: int, total_steps: int, start: float, end: float) -> float:
+    """Set the decaying groups' weight decay for optimizer step `step`: cosine from `start` to `end` over the run
+    (DINO's schedule, 0.04 -> 0.4: little decay early, more as the prototypes settle). Returns the value."""
+    progress = min(1.0, step / max(1, total_steps - 1))
+    value = end + (start - end) * 0.5 * (1 + math.cos(math.pi * progress))
+    for group in optimizer.param_groups:
+        if group.get("decays"):
+            group["weight_decay"] = value
+    return value

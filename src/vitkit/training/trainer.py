@@ -34,7 +34,7 @@ from .data_stream import batch_indices, epoch_order, iterate_batches, step_gener
 from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shutdown
 from .ema import ModelEma
 from .objectives import Objective, Supervised, slice_views, to_device
-from .optim import build_optimizer, warmup_cosine
+from .optim import build_optimizer, cosine_weight_decay, warmup_cosine
 from .progress import Progress
 from .run_dir import RunDirectory
 
@@ -293,6 +293,8 @@ def _train_step(run: Run, images: torch.Tensor, targets: torch.Tensor) -> float:
             f"update. Last good checkpoint: {latest or 'none written yet'}. Try a lower lr or clip_grad."
         )
     run.objective.before_update(run.model)
+    if cfg.weight_decay_end is not None:
+        cosine_weight_decay(run.optimizer, run.global_step, run.total_steps, cfg.weight_decay, cfg.weight_decay_end)
     if cfg.clip_grad:
         nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_grad)
     run.optimizer.step()
