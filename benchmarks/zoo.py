@@ -40,7 +40,8 @@ def main() -> int:
     else:
         results = run_zoo(models, data="fashion-mnist", budget_min=args.budget_min, out=args.out, seeds=seeds,
                           threads=args.threads, command=command)
-    print(f"\nFashion-MNIST zoo, {results['budget_min']:g} minutes of training per model, seeds {results['seeds']}; "
+    seeds_shown = ",".join(map(str, results["seeds"]))
+    print(f"\nFashion-MNIST zoo, {results['budget_min']:g} minutes of training per model, seeds {seeds_shown}; "
           f"{machine_line()}\n")
     print(markdown_table(results))
     print(f"\nreport: {args.out}/report.html")

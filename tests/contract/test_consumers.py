@@ -36,7 +36,7 @@ def test_int8_and_bf16_work_and_token_reduction_is_refused(name):
         ref = model(x)
         assert vitkit.optimize(model, "int8")(x).shape == ref.shape
         assert vitkit.optimize(model, "bf16")(x).float().shape == ref.shape
-    with pytest.raises(ValueError, match=r"tome needs a plain ViT whose blocks all see one token sequence; "
+    with pytest.raises(ValueError, match=r"tome needs a model whose blocks all see one token sequence; "
                                          r"\w+ is not one"):
         vitkit.optimize(model, "tome:r=2")
 

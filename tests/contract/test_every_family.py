@@ -173,7 +173,8 @@ def test_optimize_precision_and_token_reduction(key):
         else:
             with pytest.raises(ValueError) as err:
                 vitkit.optimize(tiny(key, num_classes=4), spec)
-            refuses(err.value, model, f"{spec.split(':')[0]} needs a plain ViT", *TOKEN_REFUSAL_WORDS.get(key, ()))
+            refuses(err.value, model, f"{spec.split(':')[0]} needs a model whose blocks all see one token sequence",
+                    *TOKEN_REFUSAL_WORDS.get(key, ()))
     assert (find_token_adapter(model) is not None) == (key in TOKEN_MODELS)
 
 

@@ -77,7 +77,7 @@ class ToyTokenModel(nn.Module):
 ])
 def test_model_without_adapter_gets_one_clear_error(make, name, why):
     model = make()
-    expected = (rf"needs a plain ViT whose blocks all see one token sequence; {name} is not one: {why}; "
+    expected = (rf"needs a model whose blocks all see one token sequence; {name} is not one: {why}; "
                 r"token-sequence models: ViT, DeiT, DINOv2, CLIP, SigLIP, BEiT, CCT")
     for call, what in [(lambda: apply_tome(model, 2), "ToMe"), (lambda: apply_evit(model, 0.5), "EViT"),
                        (lambda: vitkit.optimize(model, "tome:r=2"), "tome"),

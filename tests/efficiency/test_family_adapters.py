@@ -137,3 +137,21 @@ def test_cct_keeps_its_keys_and_refuses_evit_by_name():
     with pytest.raises(ValueError, match=r"^EViT ranks tokens by class-token attention, and this Cct has no class "
                                          r"token; ToMe \(tome:r=N\) merges tokens without one$"):
         vitkit.optimize(model, "evit:keep=0.5")
+
+
+@pytest.mark.parametrize("bias", ["per_block", "shared"])
+def test_evit_alone_on_a_deeper_beit_reduces_every_later_blocks_bias(bias):
+    """EViT prunes at a few blocks; the blocks between them see fewer tokens too and need the bias reduced
+    (every block is swapped when the model has a relative position bias)."""
+    kwargs = {"depth": 6} if bias == "per_block" else {"depth": 6, "use_rel_pos_bias": False,
+                                                        "use_shared_rel_pos_bias": True}
+    model = beit(**kwargs)
+    if model.rel_pos_bias is not None:
+        with torch.no_grad():
+            model.rel_pos_bias.relative_position_bias_table.normal_()
+    fast = vitkit.optimize(model, "evit:keep=0.7")
+    assert all(type(b) is ReducingBeitBlock for b in fast.blocks)
+    with torch.no_grad():
+        out = fast(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 5) and torch.isfinite(out).all()
+    assert fast.token_state.size.shape[1] < 65

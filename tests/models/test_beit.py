@@ -353,3 +353,27 @@ def test_inference_reuses_the_bias_lookup_until_the_weights_change():
     reference = model(x)  # with gradients: built afresh, nothing cached is used
     torch.testing.assert_close(changed, reference.detach(), atol=1e-6, rtol=1e-6)
     assert attn.position_bias().requires_grad
+
+
+def test_the_inference_cache_is_not_copied_pickled_or_kept_across_dtype_changes():
+    import copy
+    import pickle
+
+    torch.manual_seed(0)
+    model = vitkit.create_model("beit_base_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=1,
+                                num_heads=2, num_classes=3).eval()
+    attn = model.blocks[0].attn
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        model(x)
+    assert "_inference_cache" in vars(attn)
+    assert "_inference_cache" not in vars(copy.deepcopy(model).blocks[0].attn)
+    assert "_inference_cache" not in vars(pickle.loads(pickle.dumps(model)).blocks[0].attn)
+    model.to(torch.float64)
+    assert "_inference_cache" not in vars(attn)
+    with torch.no_grad():
+        assert attn.position_bias().dtype == torch.float64 and model(x.double()).dtype == torch.float64
+    with torch.inference_mode():  # a model made in inference mode has tensors without version counters
+        made_there = vitkit.create_model("beit_base_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=1,
+                                         num_heads=2, num_classes=3).eval()
+        assert torch.isfinite(made_there(x)).all()

@@ -44,8 +44,9 @@ def test_named_models_and_overrides():
         assert f"convnext_{size}" in names and f"convnextv2_{size}" in names
     model = vitkit.create_model("convnext_atto", num_classes=10, in_chans=1)
     assert model(torch.randn(1, 1, 64, 64)).shape == (1, 10)
-    with pytest.raises(ValueError, match=r"img_size.*valid: in_chans"):
-        vitkit.create_model("convnext_atto", img_size=64)
+    with pytest.raises(ValueError, match=r"window_size.*valid: .*in_chans"):  # an argument ConvNeXt has not
+        vitkit.create_model("convnext_atto", window_size=7)
+    assert vitkit.create_model("convnext_atto", img_size=64).input_spec.img_size == (64, 64)
     assert make_config("convnext", depths=[1, 1, 1, 1], dims=[8, 8, 8, 8]).kernel_sizes == (7, 7, 7, 7)
 
 
@@ -147,3 +148,19 @@ def test_init_weights_scales_head():
     model = _tiny(head_init_scale=0.0)
     assert model.head.fc.weight.abs().max() == 0
     assert model.stages[1].downsample[1].bias.abs().max() == 0
+
+
+def test_img_size_is_the_reported_input_size_and_survives_a_transformers_round_trip(tmp_path):
+    """A 28x28 ConvNeXt (the zoo's) reports 28, saved through transformers too; a size that is not a multiple of
+    the total stride is refused naming it; without img_size the model reports timm's 224 (any patch size)."""
+    pytest.importorskip("transformers")
+    from vitkit.weights.hf import to_transformers
+
+    model = vitkit.create_model("convnext_atto", patch_size=2, depths=[1, 1], dims=[8, 16], img_size=28, in_chans=1,
+                                num_classes=3)
+    assert model.input_spec.img_size == (28, 28)
+    to_transformers(model).save_pretrained(tmp_path / "hf")
+    assert vitkit.load(tmp_path / "hf").input_spec.img_size == (28, 28)
+    assert vitkit.create_model("convnext_atto", patch_size=3).input_spec.img_size == (224, 224)
+    with pytest.raises(ValueError, match=r"img_size 30 is not a multiple of this ConvNeXt's total stride 32"):
+        vitkit.create_model("convnext_atto", img_size=30)

@@ -339,7 +339,7 @@ def test_consumers_work_through_the_contract():
     with torch.no_grad():
         assert vitkit.optimize(model, "bf16")(x).float().shape == (2, 5)
         assert vitkit.optimize(model, "int8")(x).shape == (2, 5)
-    with pytest.raises(ValueError, match=r"tome needs a plain ViT"):
+    with pytest.raises(ValueError, match=r"tome needs a model whose blocks all see one token sequence"):
         vitkit.optimize(model, "tome:r=2")
 
 

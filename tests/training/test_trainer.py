@@ -140,26 +140,32 @@ def test_two_processes_match_one(tmp_path):
     assert_two_processes_match_one(_train_cmd, tmp_path, "--set", "auto_augment=null", "--set", "epochs=1")
 
 
-def _flushes_denormals() -> bool:
-    return torch.tensor([1e-323], dtype=torch.float64).item() == 0.0
-
-
 def test_denormals_are_flushed_while_training_on_cpu_and_restored_after(tmp_path, monkeypatch):
     """AdamW's second moments of tiny gradients reach the denormal range, slow on x86: CPU training flushes them
-    (`flush_denormal`, on by default), and leaves torch's default (off) behind, even when the run fails."""
+    (`flush_denormal`, on by default), and leaves the thread as it found it, even when the run fails."""
     from vitkit.training import trainer
+    from vitkit.training.trainer import flushes_denormals as _flushes_denormals
+
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormals (no SSE3 DAZ)")
 
     seen = []
     real_step = trainer._train_step
     monkeypatch.setattr(trainer, "_train_step", lambda *a: (seen.append(_flushes_denormals()), real_step(*a))[1])
-    train(config(tmp_path, epochs=1))
+    train(config(tmp_path, epochs=1, device="cpu"))
     assert seen and all(seen) and not _flushes_denormals()
     seen.clear()
-    train(config(tmp_path, epochs=1, flush_denormal=False), overwrite=True)
+    train(config(tmp_path, epochs=1, device="cpu", flush_denormal=False), overwrite=True)
     assert seen and not any(seen)
     with pytest.raises(ValueError):
-        train(config(tmp_path, epochs=1, data="no-such-dataset"), overwrite=True)
+        train(config(tmp_path, epochs=1, device="cpu", data="no-such-dataset"), overwrite=True)
     assert not _flushes_denormals()
+    torch.set_flush_denormal(True)  # a caller's own setting survives a run that turns it off
+    try:
+        train(config(tmp_path, epochs=1, device="cpu", flush_denormal=False), overwrite=True)
+        assert _flushes_denormals()
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def test_weight_decay_follows_a_cosine_from_start_to_end_on_decaying_groups_only(tmp_path, monkeypatch):

@@ -92,6 +92,7 @@ def train(cfg: TrainConfig, resume: str | bool | None = None, overwrite: bool = 
         device = torch.device("cuda", dist.local_rank)
     out = Path(cfg.output)
     run_dir = RunDirectory(out)
+    flushing = flushes_denormals()
     try:
         cpu_numerics(cfg, device)
         if dist.is_main:
@@ -105,13 +106,21 @@ def train(cfg: TrainConfig, resume: str | bool | None = None, overwrite: bool = 
             atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
         return _run_epochs(run)
     finally:
-        torch.set_flush_denormal(False)  # torch's default; training is what needs it
+        torch.set_flush_denormal(flushing)  # as it was before
         run_dir.release()
         shutdown(dist)
 
 
+def flushes_denormals() -> bool:
+    """Whether this thread flushes denormal floats to zero now (torch has no getter: a denormal either survives)."""
+    return torch.tensor([1e-323], dtype=torch.float64).item() == 0.0
+
+
 def cpu_numerics(cfg: TrainConfig, device: torch.device) -> None:
-    """Flush denormals to zero for CPU training when `cfg.flush_denormal` (no effect on other devices)."""
+    """Flush denormals to zero for CPU training when `cfg.flush_denormal` (no effect on other devices). The flag is
+    per thread (the x86 MXCSR register): it reaches the intra-op worker threads torch starts after this call,
+    which in `vitkit train` / `vitkit pretrain` / `vitkit zoo` is all of them (none exist before the model is
+    built); a process that ran parallel work before calling `train` keeps its earlier workers as they were."""
     if device.type == "cpu":
         torch.set_flush_denormal(cfg.flush_denormal)
 
@@ -294,7 +303,8 @@ def _train_step(run: Run, images: torch.Tensor, targets: torch.Tensor) -> float:
         )
     run.objective.before_update(run.model)
     if cfg.weight_decay_end is not None:
-        cosine_weight_decay(run.optimizer, run.global_step, run.total_steps, cfg.weight_decay, cfg.weight_decay_end)
+        schedule_steps = cfg.epochs * run.steps_per_epoch  # as the lr schedule's (max_steps only stops early)
+        cosine_weight_decay(run.optimizer, run.global_step, schedule_steps, cfg.weight_decay, cfg.weight_decay_end)
     if cfg.clip_grad:
         nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip_grad)
     run.optimizer.step()

@@ -83,7 +83,7 @@ def check_config_ranges(data: dict[str, Any], source: str) -> None:
         raise ValueError(f"{source}: architecture={shown(architecture)} is not a vitkit family; expected one of "
                          f"{sorted(f.name for f in families())}")
     family = family_named(architecture)
-    check_int_limits(data, {**COMMON_LIMITS, **family.config_limits}, source)
+    check_int_limits(data, {**COMMON_LIMITS, **family.config_limits}, source, optional=("img_size",))
     if family.check_config is not None:
         family.check_config(data, source)
 

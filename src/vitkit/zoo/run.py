@@ -63,11 +63,21 @@ class Estimate:
 def estimate_epoch(cfg: TrainConfig, steps: int = ESTIMATE_STEPS, warmup: int = ESTIMATE_WARMUP) -> Estimate:
     """Time `steps` training steps of `cfg` as the trainer runs them (its own run setup and step), after
     `warmup` untimed ones, and one validation-sized forward pass; nothing is written to `cfg.output`."""
-    from ..training.data_stream import batch_indices, epoch_order, iterate_batches
-    from ..training.distributed import DistInfo
-    from ..training.trainer import _build_run, _pick_device, _train_step, cpu_numerics
+    from ..training.trainer import _pick_device, flushes_denormals
 
     device = _pick_device(cfg.device)
+    flushing = flushes_denormals()
+    try:
+        return _estimate(cfg, device, steps, warmup)
+    finally:
+        torch.set_flush_denormal(flushing)
+
+
+def _estimate(cfg: TrainConfig, device: torch.device, steps: int, warmup: int) -> Estimate:
+    from ..training.data_stream import batch_indices, epoch_order, iterate_batches
+    from ..training.distributed import DistInfo
+    from ..training.trainer import _build_run, _train_step, cpu_numerics
+
     cpu_numerics(cfg, device)
     if cfg.amp == "auto":  # as `train` resolves it
         cfg = dataclasses.replace(cfg, amp=torch.cuda.is_bf16_supported() if device.type == "cuda"
@@ -80,7 +90,6 @@ def estimate_epoch(cfg: TrainConfig, steps: int = ESTIMATE_STEPS, warmup: int = 
         _train_step(run, images, targets)
         times.append(time.perf_counter() - start)
         start = time.perf_counter()
-    torch.set_flush_denormal(False)
     timed = times[warmup:] or times
     val_s = 0.0
     if run.val_set is not None:
@@ -262,17 +271,18 @@ def merge_zoo(dirs: list[str | Path], out: str | Path, threads: int | None = Non
     if not parts:
         raise ValueError("expected at least one zoo report directory to merge")
     for key in ("data", "budget_min", "seeds"):
-        values = {json.dumps(p[key]) for p in parts}
-        if len(values) > 1:
-            raise ValueError(f"the zoo runs differ in {key} ({', '.join(sorted(values))}): only runs of the same data, "
+        if any(p[key] != parts[0][key] for p in parts):
+            values = sorted({json.dumps(p[key]) for p in parts})
+            raise ValueError(f"the zoo runs differ in {key} ({', '.join(values)}): only runs of the same data, "
                              "budget and seeds make one table")
     rows = [r for p in parts for r in p["rows"]]
     for row in rows:
         if row.get("val_top1") is None:
             _fill_val_top1(row)
     names = [r["model"] for r in rows]
-    if len(set(names)) != len(names):
-        raise ValueError(f"an entry appears in more than one of the zoo runs: {', '.join(names)}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"an entry appears in more than one of the zoo runs: {', '.join(repeated)}")
     out = check_output_dir(Path(out), "vitkit zoo", markers=("results.json", "runs"))
     if threads:
         torch.set_num_threads(threads)

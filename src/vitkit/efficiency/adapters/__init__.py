@@ -101,7 +101,7 @@ def refusal(model: nn.Module, what: str) -> str:
         why = f"it has stages of feature maps (strides {', '.join(map(str, strides))}), not one token sequence"
     else:
         why = "no token adapter is registered for it (vitkit.efficiency.adapters.register_token_adapter)"
-    return (f"{what} needs a plain ViT whose blocks all see one token sequence; {name} is not one: {why}; "
+    return (f"{what} needs a model whose blocks all see one token sequence; {name} is not one: {why}; "
             f"token-sequence models: {TOKEN_SEQUENCE_MODELS}")
 
 

@@ -44,7 +44,12 @@ class ReducingBeitBlock(BeitBlock):
         if shared_rel_pos_bias is not None:
             position = shared_rel_pos_bias if position is None else position + shared_rel_pos_bias
         if position is not None:
-            position = reduce_position_bias(position, reducer.state.source)
+            source = reducer.state.source
+            originals = x.shape[1] if source is None else source.shape[-1]
+            if position.shape[-1] != originals:
+                raise ValueError(f"BEiT's relative position bias covers {position.shape[-1]} tokens (class token + its "
+                                 f"patch grid), got {originals}: it cannot run with tokens dropped before the blocks")
+            position = reduce_position_bias(position, source)
             bias = position if bias is None else position + bias
         q, k, v = self.attn.project_qkv(self.norm1(x))
         y = self.attn.attend(q, k, v, bias)
@@ -60,6 +65,8 @@ class BeitAdapter(BlockSwapAdapter):
     def installed(self, model: nn.Module, state: TokenState) -> None:
         if model.rel_pos_bias is not None or any(b.attn.relative_position_bias_table is not None for b in model.blocks):
             state.trace_source = True  # the position bias follows the tokens' sources
+            for index in range(len(model.blocks)):  # every block after a reduction needs its bias reduced too
+                self._swap(model, index)
 
     def num_tokens(self, model: nn.Module) -> int:
         return model.patch_embed.num_patches + model.num_prefix_tokens

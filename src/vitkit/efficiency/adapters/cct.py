@@ -5,7 +5,8 @@ stream (the block is x = norm2(x + attn(norm1(x))); x + mlp(x), so the normalise
 and the next block see). Sequence pooling is an attention over the tokens, so proportional attention
 applies there too: a token standing for s originals gets log(s) added to its pooling score, and merging
 exact duplicates changes nothing (tested). EViT ranks tokens by class-token attention and is refused: CCT
-has no class token. Mean pooling stays the plain mean of the remaining tokens, as for ViT.
+has no class token. Mean pooling stays the plain mean of the remaining tokens, as for ViT. A head reset with
+`reset_classifier(global_pool="seq")` after installing makes a plain pooling layer again: change the head first.
 """
 
 import torch

@@ -48,10 +48,12 @@ def inference_cached(module: nn.Module, key: str, parts: tuple[torch.Tensor, ...
     """`build()`, kept on `module` and reused while no gradient is recorded and `parts` (the parameters it is
     made of) are unchanged (same storage, same version counter), so that inference does not redo per call what
     depends on the weights only (the relative position bias lookup, the q/v bias concatenation). Training,
-    tracing, compiling and exporting always build afresh."""
+    tracing, compiling and exporting always build afresh. Writes through `.data` bypass the version counter:
+    the holders clear their cache on `.to()` / `.half()` (`_apply`) and leave it out of pickles and copies."""
     if (torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or torch.onnx.is_in_onnx_export()):
-        return build()
+            or torch.onnx.is_in_onnx_export()
+            or not all(type(p) in (nn.Parameter, torch.Tensor) and not p.is_inference() for p in parts)):
+        return build()  # inference tensors have no version counter; wrapped ones (vmap, FX) no storage
     stamp = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in parts)
     cache = module.__dict__.setdefault("_inference_cache", {})
     hit = cache.get(key)
@@ -78,7 +80,21 @@ def resize_rel_pos_bias_table(table: torch.Tensor, grid: int) -> torch.Tensor:
     return torch.cat([offsets.reshape(-1, new * new).T.to(table.dtype), table[-3:]])
 
 
-class RelativePositionBias(nn.Module):
+class InferenceCacheHolder(nn.Module):
+    """A module that keeps `inference_cached` results: cleared when its tensors move or change dtype, left out
+    of pickles and deep copies."""
+
+    def _apply(self, fn, recurse=True):
+        self.__dict__.pop("_inference_cache", None)
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state.pop("_inference_cache", None)
+        return state
+
+
+class RelativePositionBias(InferenceCacheHolder):
     """One relative position bias table for all blocks (`use_shared_rel_pos_bias`, timm's names)."""
 
     def __init__(self, grid: int, num_heads: int):
@@ -89,10 +105,11 @@ class RelativePositionBias(nn.Module):
 
     def forward(self) -> torch.Tensor:
         table = self.relative_position_bias_table
-        return inference_cached(self, "bias", (table,), lambda: lookup_bias(table, self.relative_position_index))
+        index = self.relative_position_index
+        return inference_cached(self, "bias", (table, index), lambda: lookup_bias(table, index))
 
 
-class BeitAttention(Attention):
+class BeitAttention(InferenceCacheHolder, Attention):
     """vitkit's fused `Attention` (its `on_attention` hook and `attention_grad` mode included) with BEiT's
     q/v biases (the k bias is always zero, and no parameter) and an optional relative position bias table
     for a `grid` x `grid` patch grid plus the class token."""
@@ -140,7 +157,8 @@ class BeitAttention(Attention):
         table = self.relative_position_bias_table
         if table is None:
             return None
-        return inference_cached(self, "bias", (table,), lambda: lookup_bias(table, self.relative_position_index))
+        index = self.relative_position_index
+        return inference_cached(self, "bias", (table, index), lambda: lookup_bias(table, index))
 
     def forward(self, x: torch.Tensor, shared_rel_pos_bias: torch.Tensor | None = None) -> torch.Tensor:
         bias = self.position_bias()
@@ -271,7 +289,8 @@ class Beit(nn.Module):
     # ----- timm's model API ------------------------------------------------------------------
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """A token sequence (from `embed`) through the blocks and the final norm. The relative position bias
-        needs every patch token: sequences with tokens left out are refused."""
+        needs every patch token: sequences with tokens left out are refused (token merging and pruning inside
+        the blocks go through `vitkit.efficiency`'s BEiT adapter, which reduces the bias with the tokens)."""
         shared = self.rel_pos_bias() if self.rel_pos_bias is not None else None
         for block in self.blocks:
             x = self._run_block(block, x, shared)

@@ -11,13 +11,13 @@ class ConvNeXtConfig:
     """Constructor arguments, named and defaulted like timm's `ConvNeXt` (ConvNeXt-T).
 
     `img_size` (vitkit's; timm's ConvNeXt has no such argument) is only the default input size the model reports
-    (`input_spec`, which the trainer and `vitkit predict` use): ConvNeXt takes any input size divisible by its
-    total stride (patch_size * 2 ** (stages - 1)), so it must be one of those.
+    (`input_spec`, which the trainer and `vitkit predict` use; None: timm's 224): ConvNeXt takes any input size
+    divisible by its total stride (patch_size * 2 ** (stages - 1)), so a given one must be such a size.
     `head_norm_eps` is vitkit's own (None = `norm_eps`): Hugging Face ConvNeXt uses 1e-6 in the stem and
     blocks but `layer_norm_eps` (1e-12 by default) in the final norm.
     """
 
-    img_size: int = 224
+    img_size: int | None = None
     in_chans: int = 3
     num_classes: int = 1000
     global_pool: str = "avg"
@@ -47,11 +47,11 @@ class ConvNeXtConfig:
                              "have one entry per stage")
         if any(d < 1 for d in self.depths + self.dims) or any(k < 1 or k % 2 == 0 for k in self.kernel_sizes):
             raise ValueError("depths and dims must be positive and kernel_sizes positive odd integers")
-        for name in ("img_size", "in_chans", "patch_size"):
+        for name in ("in_chans", "patch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         stride = self.patch_size * 2 ** (len(self.depths) - 1)
-        if self.img_size % stride:
+        if self.img_size is not None and (int(self.img_size) < 1 or self.img_size % stride):
             raise ValueError(f"img_size {self.img_size} is not a multiple of this ConvNeXt's total stride {stride} "
                              f"(patch_size {self.patch_size}, {len(self.depths)} stages)")
         if self.global_pool not in POOL_TYPES:

@@ -69,6 +69,14 @@ def from_hf(hf: dict, state_dict: dict[str, torch.Tensor]):
         norm_eps=1e-6,  # HF's stem, downsampling and block norms: fixed 1e-6
         head_norm_eps=hf.get("layer_norm_eps", 1e-12),  # HF's final norm
         drop_path_rate=hf.get("drop_path_rate", 0.0),
+        img_size=_input_size(hf),
     )
     return config, weights
+
+
+def _input_size(hf: dict) -> int | None:
+    """The directory's `image_size` when it is one ConvNeXt can take (a multiple of the total stride), else None."""
+    size = hf.get("image_size")
+    stride = hf.get("patch_size", 4) * 2 ** (len(hf["depths"]) - 1)
+    return size if isinstance(size, int) and size > 0 and size % stride == 0 else None
 

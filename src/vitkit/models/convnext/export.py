@@ -56,7 +56,7 @@ def hf_config_from(config) -> dict:
         "num_channels": c.in_chans, "patch_size": c.patch_size, "num_stages": len(c.depths),
         "hidden_sizes": list(c.dims), "depths": list(c.depths), "hidden_act": "gelu",
         "layer_norm_eps": c.head_norm_eps if c.head_norm_eps is not None else _eps(c),
-        "drop_path_rate": c.drop_path_rate, "image_size": 224,
+        "drop_path_rate": c.drop_path_rate, "image_size": c.img_size or 224,
         "id2label": {str(i): str(i) for i in range(c.num_classes)},
     }
     if not v2:  # 0: no layer scale

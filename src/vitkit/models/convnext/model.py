@@ -191,7 +191,7 @@ class ConvNeXt(ConvStagesMixin, nn.Module):
     def input_spec(self) -> InputSpec:
         """timm's pretrained cfg for ConvNeXt: 224 (or the config's img_size), crop 0.875, bicubic; any size
         divisible by the total stride."""
-        size = self.config.img_size
+        size = self.config.img_size or 224
         spec = InputSpec(in_chans=self.config.in_chans, img_size=(size, size), fixed_size=False,
                          size_multiple=self.feature_info[-1].reduction, crop_pct=0.875, interpolation="bicubic")
         return with_pretrained_cfg(spec, self)
