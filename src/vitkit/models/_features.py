@@ -27,16 +27,19 @@ def check_output_fmt(output_fmt: str) -> None:
         raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
 
 
-def run_blocks(blocks, x: torch.Tensor, indices, run, final_norm, norm: bool, stop_early: bool):
+def run_blocks(blocks, x: torch.Tensor, indices, run, final_norm, norm: bool, stop_early: bool,
+               last_only: bool = False):
     """`forward_intermediates`' loop: `x` through `blocks` (each as `run(block, x)`), keeping the outputs of the
-    blocks `indices` names (`take_indices`), after `final_norm` when `norm`; with `stop_early` the blocks after
-    the last one taken are skipped. Returns (x, intermediates)."""
+    blocks (or stages) `indices` names (`take_indices`), after `final_norm` when `norm` (with `last_only`, timm's
+    rule for staged models: only the last stage's output gets it); with `stop_early` the blocks after the last
+    one taken are skipped. Returns (x, intermediates)."""
     take, last = take_indices(len(blocks), indices)
+    final = len(blocks) - 1
     intermediates = []
     for i, block in enumerate(blocks[: last + 1] if stop_early else blocks):
         x = run(block, x)
         if i in take:
-            intermediates.append(final_norm(x) if norm else x)
+            intermediates.append(final_norm(x) if norm and (i == final or not last_only) else x)
     return x, intermediates
 
 
@@ -178,15 +181,10 @@ class ConvStagesMixin(StagedModelMixin):
         named configs)."""
         if output_fmt != "NCHW":
             raise ValueError(f"{type(self).__name__} gives NCHW maps only; output_fmt={output_fmt!r}")
-        take, last = take_indices(len(self.stages), indices)
-        final = len(self.stages) - 1
-        stages = self.stages[: last + 1] if stop_early or intermediates_only else self.stages
-        x = self._stem(x)
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take:
-                intermediates.append(self.norm_pre(x) if norm and i == final else x)
+        stop = stop_early or intermediates_only
+        x, intermediates = run_blocks(self.stages, self._stem(x), indices, lambda stage, x: stage(x), self.norm_pre,
+                                      norm, stop, last_only=True)
         if intermediates_only:
             return intermediates
-        return (self.norm_pre(x) if len(stages) - 1 == final else x), intermediates
+        ran_all = not stop or take_indices(len(self.stages), indices)[1] == len(self.stages) - 1
+        return (self.norm_pre(x) if ran_all else x), intermediates

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ...layers import ACT_LAYERS, DropPath, Mlp
-from .._features import StagedModelMixin, adapt_stem_channels, take_indices
+from .._features import StagedModelMixin, adapt_stem_channels, run_blocks
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 
 if TYPE_CHECKING:  # configs.py imports this module to register the architecture
@@ -349,15 +349,10 @@ class SwinTransformer(StagedModelMixin, nn.Module):
         only when `norm`; `indices` as in ViT (int n = last n stages, list = those stages, None = all)."""
         if output_fmt not in ("NCHW", "NHWC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take, last = take_indices(len(self.layers), indices)
-        x = self._embed(x)
-        intermediates = []
-        stages = self.layers[: last + 1] if stop_early or intermediates_only else self.layers
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take:
-                y = self.norm(x) if norm and i == len(self.layers) - 1 else x
-                intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)
+        x, intermediates = run_blocks(self.layers, self._embed(x), indices, lambda stage, x: stage(x), self.norm,
+                                      norm, stop_early or intermediates_only, last_only=True)
+        if output_fmt == "NCHW":
+            intermediates = [y.permute(0, 3, 1, 2).contiguous() for y in intermediates]
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates
