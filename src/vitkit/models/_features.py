@@ -5,6 +5,7 @@ families (ConvNeXt, Swin) and the class-attention head of CaiT and XCiT."""
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def take_indices(num_blocks: int, indices: int | list[int] | tuple[int, ...] | None) -> tuple[set[int], int]:
@@ -20,6 +21,25 @@ def take_indices(num_blocks: int, indices: int | list[int] | tuple[int, ...] | N
         if bad:
             raise ValueError(f"block indices {bad} are out of range for a model with {num_blocks} blocks")
     return set(take), max(take)
+
+
+def init_linear_(module: nn.Module) -> None:
+    """timm's init of a new linear head: truncated normal(0.02) weight, zero bias; anything but an nn.Linear
+    (an nn.Identity head) is left alone."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def forward_blocks(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`stage.blocks(x)`; with `stage.grad_checkpointing` while training with gradients, each block's activations
+    are recomputed in the backward pass instead of kept."""
+    if stage.grad_checkpointing and stage.training and torch.is_grad_enabled():
+        for block in stage.blocks:
+            x = checkpoint(block, x, use_reentrant=False)
+        return x
+    return stage.blocks(x)
 
 
 def check_output_fmt(output_fmt: str) -> None:
@@ -148,9 +168,7 @@ class ClassAttentionHeadMixin:
             self.global_pool = self.config.global_pool = global_pool
         self.num_classes = self.config.num_classes = num_classes
         self.head = self._linear_head(num_classes)
-        if isinstance(self.head, nn.Linear):
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
+        init_linear_(self.head)
 
     def get_classifier(self) -> nn.Module:
         return self.head

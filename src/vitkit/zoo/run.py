@@ -174,11 +174,16 @@ def selected_val_top1(run_dir: Path) -> float | None:
     return json.loads(path.read_text())["selected"].get("val_top1") if path.is_file() else None
 
 
-def _fill_val_top1(row: dict) -> None:
-    """The row's mean validation top-1 over its seeds, read from the runs (reports made before it was a column)."""
+def _mean_val_top1(runs: list[dict]) -> float | None:
+    """Mean validation top-1 over a row's seeds, read from each run's eval.json where the run record lacks it
+    (reports made before it was a column); None when a run has none."""
     values = [r.get("val_top1") if r.get("val_top1") is not None else selected_val_top1(Path(r["dir"]))
-              for r in row["runs"]]
-    row["val_top1"] = statistics.mean(values) if values and None not in values else None
+              for r in runs]
+    return statistics.mean(values) if values and None not in values else None
+
+
+def _selected_dir(run: dict) -> Path:
+    return Path(run["dir"]) / run["selected"]
 
 
 def train_images_per_s(run_dir: Path) -> float | None:
@@ -238,13 +243,12 @@ def run_zoo(models: list[str] | None = None, data: str = "fashion-mnist", budget
                          "selected_epoch": summary["selected_epoch"]})
         say(f"measuring {name}")
         with tempfile.TemporaryDirectory(prefix="vitkit-zoo-bench-") as tmp:
-            first = Path(runs[0]["dir"]) / runs[0]["selected"]
+            first = _selected_dir(runs[0])
             cost = measure_model(first, threads, timing or TIMING, Path(tmp))
         top1, top1_std = _mean_std([r["top1"] for r in runs])
         rows.append({
             "model": name, "architecture": load(first).architecture, "top1": top1, "top1_std": top1_std,
-            "val_top1": statistics.mean(r["val_top1"] for r in runs) if all(r["val_top1"] is not None for r in runs)
-            else None,
+            "val_top1": _mean_val_top1(runs),
             "ece": statistics.mean(r["ece"] for r in runs), **cost,
             "train_img_s": statistics.mean(r["train_img_s"] or 0.0 for r in runs),
             "epochs": epochs, "est_epoch_s": estimate.epoch_s,
@@ -278,7 +282,7 @@ def merge_zoo(dirs: list[str | Path], out: str | Path, threads: int | None = Non
     rows = [r for p in parts for r in p["rows"]]
     for row in rows:
         if row.get("val_top1") is None:
-            _fill_val_top1(row)
+            row["val_top1"] = _mean_val_top1(row["runs"])
     names = [r["model"] for r in rows]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
@@ -291,9 +295,8 @@ def merge_zoo(dirs: list[str | Path], out: str | Path, threads: int | None = Non
         for row in rows:
             if progress:
                 print(f"vitkit zoo: timing {row['model']} again", file=sys.stderr, flush=True)
-            first = Path(row["runs"][0]["dir"]) / row["runs"][0]["selected"]
             with tempfile.TemporaryDirectory(prefix="vitkit-zoo-bench-") as tmp:
-                row.update(measure_model(first, threads, timing or TIMING, Path(tmp)))
+                row.update(measure_model(_selected_dir(row["runs"][0]), threads, timing or TIMING, Path(tmp)))
     results = {"data": parts[0]["data"], "budget_min": parts[0]["budget_min"], "seeds": parts[0]["seeds"],
                "machine": machine_info(threads=threads), "command": command, "rows": rows,
                "merged_from": [{"dir": str(d), "command": p.get("command"), "machine": p["machine"]}

@@ -40,15 +40,9 @@ class ReducingBeitBlock(BeitBlock):
     def forward(self, x: torch.Tensor, shared_rel_pos_bias: torch.Tensor | None = None) -> torch.Tensor:
         reducer = self.token_reducer
         bias = reducer.start(x, None)  # resets the state in block 0; proportional attention's log(size)
-        position = self.attn.position_bias()
-        if shared_rel_pos_bias is not None:
-            position = shared_rel_pos_bias if position is None else position + shared_rel_pos_bias
+        source = reducer.state.source  # the bias is over the tokens the first block saw
+        position = self.attn.relative_bias(shared_rel_pos_bias, x.shape[1] if source is None else source.shape[-1])
         if position is not None:
-            source = reducer.state.source
-            originals = x.shape[1] if source is None else source.shape[-1]
-            if position.shape[-1] != originals:
-                raise ValueError(f"BEiT's relative position bias covers {position.shape[-1]} tokens (class token + its "
-                                 f"patch grid), got {originals}: it cannot run with tokens dropped before the blocks")
             position = reduce_position_bias(position, source)
             bias = position if bias is None else position + bias
         q, k, v = self.attn.project_qkv(self.norm1(x))

@@ -25,7 +25,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ...layers import Attention, DropPath, Mlp, PatchEmbed, resample_abs_pos_embed
-from .._features import adapt_stem_channels, check_output_fmt, layout_token_intermediates, run_blocks, take_indices
+from .._features import (
+    adapt_stem_channels,
+    check_output_fmt,
+    init_linear_,
+    layout_token_intermediates,
+    run_blocks,
+    take_indices,
+)
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 from .configs import BEIT_MEAN_STD, BeitConfig
 
@@ -160,14 +167,19 @@ class BeitAttention(InferenceCacheHolder, Attention):
         index = self.relative_position_index
         return inference_cached(self, "bias", (table, index), lambda: lookup_bias(table, index))
 
-    def forward(self, x: torch.Tensor, shared_rel_pos_bias: torch.Tensor | None = None) -> torch.Tensor:
+    def relative_bias(self, shared_rel_pos_bias: torch.Tensor | None, tokens: int) -> torch.Tensor | None:
+        """This block's relative position bias plus the model's shared one (either may be None) for a sequence
+        that starts with `tokens` tokens; another count than the bias covers is refused."""
         bias = self.position_bias()
         if shared_rel_pos_bias is not None:
             bias = shared_rel_pos_bias if bias is None else bias + shared_rel_pos_bias
-        if bias is not None and bias.shape[-1] != x.shape[1]:
+        if bias is not None and bias.shape[-1] != tokens:
             raise ValueError(f"BEiT's relative position bias covers {bias.shape[-1]} tokens (class token + its patch "
-                             f"grid), got {x.shape[1]}: it cannot run with tokens dropped or merged")
-        return self.attend(*self.project_qkv(x), bias)
+                             f"grid), got {tokens}: it cannot run with tokens dropped or merged")
+        return bias
+
+    def forward(self, x: torch.Tensor, shared_rel_pos_bias: torch.Tensor | None = None) -> torch.Tensor:
+        return self.attend(*self.project_qkv(x), self.relative_bias(shared_rel_pos_bias, x.shape[1]))
 
 
 class BeitBlock(nn.Module):
@@ -355,9 +367,7 @@ class Beit(nn.Module):
             self.global_pool = self.config.global_pool = global_pool
         self.num_classes = self.config.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        if isinstance(self.head, nn.Linear):
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
+        init_linear_(self.head)
 
     def get_classifier(self) -> nn.Module:
         return self.head

@@ -30,7 +30,14 @@ from torch.utils.checkpoint import checkpoint
 
 from ...layers import ACT_LAYERS, Attention, DropPath, Mlp, resample_abs_pos_embed
 from ...layers.patch_embed import check_image_input
-from .._features import adapt_stem_channels, check_output_fmt, layout_token_intermediates, run_blocks, take_indices
+from .._features import (
+    adapt_stem_channels,
+    check_output_fmt,
+    init_linear_,
+    layout_token_intermediates,
+    run_blocks,
+    take_indices,
+)
 from .._groups import MERGE_WITH_PREVIOUS
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 from .configs import CctConfig
@@ -246,15 +253,11 @@ class Cct(nn.Module):
             CctConfig.check_pool(global_pool)
             if global_pool != self.global_pool:
                 self.attention_pool = self._attention_pool(global_pool)
-                if self.attention_pool is not None:
-                    nn.init.trunc_normal_(self.attention_pool.weight, std=0.02)
-                    nn.init.zeros_(self.attention_pool.bias)
+                init_linear_(self.attention_pool)
             self.global_pool = self.config.global_pool = global_pool
         self.num_classes = self.config.num_classes = num_classes
         self.head = self._linear_head(num_classes)
-        if isinstance(self.head, nn.Linear):
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
+        init_linear_(self.head)
 
     def get_classifier(self) -> nn.Module:
         return self.head

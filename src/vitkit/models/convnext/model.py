@@ -13,11 +13,10 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ...layers import DropPath, Mlp
 from ...layers.pooling import MAP_POOL_TYPES, GlobalPool2d
-from .._features import ConvStagesMixin, adapt_stem_channels
+from .._features import ConvStagesMixin, adapt_stem_channels, forward_blocks
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 
 if TYPE_CHECKING:
@@ -115,11 +114,7 @@ class ConvNeXtStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            for block in self.blocks:  # recompute activations in backward instead of storing them
-                x = checkpoint(block, x, use_reentrant=False)
-            return x
-        return self.blocks(x)
+        return forward_blocks(self, x)
 
 
 class NormMlpClassifierHead(nn.Module):

@@ -32,10 +32,9 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ...layers import DropPath
-from .._features import StagedModelMixin, adapt_stem_channels, take_indices
+from .._features import StagedModelMixin, adapt_stem_channels, forward_blocks, init_linear_, take_indices
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 
 if TYPE_CHECKING:  # configs.py is imported by the package, which registers the architecture
@@ -229,11 +228,7 @@ class EfficientFormerStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            for block in self.blocks:  # recompute activations in backward instead of storing them
-                x = checkpoint(block, x, use_reentrant=False)
-            return x
-        return self.blocks(x)
+        return forward_blocks(self, x)
 
 
 class EfficientFormer(StagedModelMixin, nn.Module):
@@ -269,8 +264,7 @@ class EfficientFormer(StagedModelMixin, nn.Module):
         weight = self.stem.conv1.weight  # on the model's device and dtype, as timm
         heads = [nn.Linear(self.num_features, num_classes, device=weight.device, dtype=weight.dtype) for _ in "ab"]
         for head in heads:
-            nn.init.trunc_normal_(head.weight, std=0.02)
-            nn.init.zeros_(head.bias)
+            init_linear_(head)
         return heads[0], heads[1]
 
     @torch.no_grad()

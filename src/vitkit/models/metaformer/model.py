@@ -20,11 +20,10 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ...layers import DropPath
 from ...layers.pooling import GlobalPool2d
-from .._features import ConvStagesMixin, adapt_stem_channels
+from .._features import ConvStagesMixin, adapt_stem_channels, forward_blocks
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 from .layers import ACTIVATIONS, NORM_LAYERS, Attention, ConvMlp, Pooling, Scale, SepConv, SquaredReLU
 
@@ -119,11 +118,7 @@ class MetaFormerStage(nn.Module):
         B, C, H, W = x.shape
         if not self.use_nchw:
             x = x.flatten(2).transpose(1, 2)
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            for block in self.blocks:  # recompute activations in backward instead of storing them
-                x = checkpoint(block, x, use_reentrant=False)
-        else:
-            x = self.blocks(x)
+        x = forward_blocks(self, x)
         if not self.use_nchw:
             x = x.transpose(1, 2).reshape(B, C, H, W)
         return x

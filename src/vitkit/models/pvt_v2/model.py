@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ...layers import DropPath
-from .._features import StagedModelMixin, adapt_stem_channels, take_indices
+from .._features import StagedModelMixin, adapt_stem_channels, init_linear_, take_indices
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 
 if TYPE_CHECKING:  # configs.py is imported by the package, which registers the architecture
@@ -284,9 +284,7 @@ class PyramidVisionTransformerV2(StagedModelMixin, nn.Module):
         weight = self.patch_embed.proj.weight  # the new head on the model's device and dtype, as timm
         self.head = (nn.Linear(self.num_features, num_classes, device=weight.device, dtype=weight.dtype)
                      if num_classes > 0 else nn.Identity())
-        if isinstance(self.head, nn.Linear):
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
+        init_linear_(self.head)
 
     def no_weight_decay(self) -> set[str]:
         return set()  # no position embeddings: the depthwise convolutions carry position

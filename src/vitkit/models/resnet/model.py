@@ -11,10 +11,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ...layers import DropPath
-from .._features import ConvStagesMixin, adapt_stem_channels
+from .._features import ConvStagesMixin, adapt_stem_channels, forward_blocks
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 
 POOL_TYPES = ("avg", "max", "")
@@ -77,11 +76,7 @@ class ResNetStage(nn.Module):
         self.blocks = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            for block in self.blocks:  # recompute activations in backward instead of storing them
-                x = checkpoint(block, x, use_reentrant=False)
-            return x
-        return self.blocks(x)
+        return forward_blocks(self, x)
 
 
 class ClassifierHead(nn.Module):

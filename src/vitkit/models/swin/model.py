@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ...layers import ACT_LAYERS, DropPath, Mlp
-from .._features import StagedModelMixin, adapt_stem_channels, run_blocks
+from .._features import StagedModelMixin, adapt_stem_channels, init_linear_, run_blocks
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 
 if TYPE_CHECKING:  # configs.py imports this module to register the architecture
@@ -363,9 +363,7 @@ class SwinTransformer(StagedModelMixin, nn.Module):
             c.check_pool(global_pool)
         pool = c.global_pool if global_pool is None else global_pool
         self.head = ClassifierHead(self.num_features, num_classes, pool, c.drop_rate)
-        if isinstance(self.head.fc, nn.Linear):
-            nn.init.trunc_normal_(self.head.fc.weight, std=0.02)
-            nn.init.zeros_(self.head.fc.bias)
+        init_linear_(self.head.fc)
 
     def no_weight_decay(self) -> set[str]:
         """timm's `no_weight_decay_keywords`: every relative position bias table (no absolute embedding here)."""

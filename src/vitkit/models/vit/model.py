@@ -22,7 +22,14 @@ from ...layers import (
     resample_abs_pos_embed,
 )
 from ...layers.pos_embed import POS_EMBED_INTERP
-from .._features import adapt_stem_channels, check_output_fmt, layout_token_intermediates, run_blocks, take_indices
+from .._features import (
+    adapt_stem_channels,
+    check_output_fmt,
+    init_linear_,
+    layout_token_intermediates,
+    run_blocks,
+    take_indices,
+)
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 
 # timm's `mlp_layer` classes, by name: "mlp" (fc1 -> act -> fc2) and "swiglu_packed" (DINOv2 giant: one
@@ -313,9 +320,7 @@ class VisionTransformer(nn.Module):
         if self.head_dist is not None:
             self.head_dist = self._linear_head(num_classes)
         for head in (self.head, self.head_dist):
-            if isinstance(head, nn.Linear):
-                nn.init.trunc_normal_(head.weight, std=0.02)
-                nn.init.zeros_(head.bias)
+            init_linear_(head)
 
     def get_classifier(self) -> nn.Module:
         return self.head if self.head_dist is None else nn.ModuleList([self.head, self.head_dist])
