@@ -113,6 +113,33 @@ def test_gradient_checkpointing_gives_the_same_gradients(name):
             torch.testing.assert_close(p.grad, plain[n], atol=1e-5, rtol=1e-4)
 
 
+def _first_of_each_family() -> list[str]:
+    firsts = {}
+    for name in MODELS:
+        firsts.setdefault(model_architecture(name), name)
+    return sorted(firsts.values())
+
+
+@pytest.mark.parametrize("name", _first_of_each_family())
+def test_checkpointing_only_where_a_backward_pass_will_come(name, monkeypatch):
+    """Blocks are checkpointed in training mode with gradients recorded, never under no_grad (nothing to save
+    memory for) or in eval mode: every family through the one rule in `_features.run_block`."""
+    import vitkit.models._features as features
+
+    calls = []
+    real = features.checkpoint
+    monkeypatch.setattr(features, "checkpoint", lambda fn, *args, **kw: calls.append(1) or real(fn, *args, **kw))
+    model = tiny(name)
+    model.set_grad_checkpointing(True)
+    x = batch(model)
+    with torch.no_grad():
+        model.train()(x)
+    model.eval()(x)
+    assert not calls
+    model.train()(x)
+    assert calls
+
+
 @pytest.mark.parametrize("name", ["vit_base_patch16_clip_224", "vit_small_patch14_dinov2", "deit_tiny_patch16_224",
                                   "convnext_atto", "swin_tiny_patch4_window7_224"])
 def test_input_spec_carries_the_named_weights_preprocessing(name, tmp_path):

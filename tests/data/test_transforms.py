@@ -21,6 +21,7 @@ from vitkit.data.transforms import (
     random_erasing,
     random_hflip,
     random_resized_crop,
+    random_translate,
     resize,
     trivial_augment,
 )
@@ -81,8 +82,9 @@ def test_train_augment_reproducible_from_generator_state_without_global_rng():
         lambda x, g: trivial_augment(x, generator=g),
         lambda x, g: random_erasing(x.float(), p=1.0, generator=g),
         lambda x, g: mixup_cutmix(x.float(), torch.arange(8), 8, generator=g)[0],
+        lambda x, g: random_translate(x, 3, generator=g),
     ],
-    ids=["crop", "hflip", "randaug", "trivial", "erasing", "mix"],
+    ids=["crop", "hflip", "randaug", "trivial", "erasing", "mix", "shift"],
 )
 def test_each_random_op_follows_its_seed(fn):
     x = images()
@@ -134,6 +136,22 @@ def test_hflip_always_and_never():
     x = images()
     assert torch.equal(random_hflip(x, p=1.0, generator=gen()), x.flip(-1))
     assert torch.equal(random_hflip(x, p=0.0, generator=gen()), x)
+
+
+def test_random_shift_moves_each_image_by_whole_pixels_with_zero_fill():
+    x = images(batch=64, channels=2, size=12)
+    shifted = random_translate(x, 2, generator=gen())
+    assert shifted.shape == x.shape and shifted.dtype == x.dtype
+    assert torch.equal(random_translate(x, 0, generator=gen()), x)
+    padded = F.pad(x, (2, 2, 2, 2))
+    offsets = set()
+    for image, out in zip(padded, shifted, strict=True):  # each output is one 12x12 window of its zero-padded input
+        found = [(dy, dx) for dy in range(5) for dx in range(5) if torch.equal(image[:, dy:dy + 12, dx:dx + 12], out)]
+        assert len(found) == 1
+        offsets.add(found[0])
+    assert len(offsets) > 12  # of the 25 shifts, most occur in 64 draws; the channels move together
+    with pytest.raises(ValueError, match="translate must be a number of pixels >= 0"):
+        random_translate(x, -1, generator=gen())
 
 
 # ---- RandAugment / TrivialAugment --------------------------------------------------------------------
@@ -274,6 +292,9 @@ def test_mix_prob_zero_only_smooths_labels():
         ({"label_smoothing": 1.0}, r"label_smoothing must be in \[0, 1\)"),
         ({"mean": (0.5, 0.5)}, "one value per channel"),
         ({"auto_augment": "rand-m99"}, "above 30"),
+        ({"translate": 32}, r"translate is a shift in whole pixels and must be an int in \[0, 32\) for img_size 32, "
+                            r"got 32"),
+        ({"translate": 1.5}, r"translate .* got 1.5"),
     ],
 )
 def test_bad_config_values_are_named(overrides, message):

@@ -73,8 +73,31 @@ def test_bad_options_are_named(tmp_path):
         TrainConfig(batch_size=30, accum_steps=4)
     with pytest.raises(ValueError, match=r"batch_size 512 is larger than the training set \(115 images\)"):
         train(config(tmp_path, batch_size=512))
+    with pytest.raises(ValueError, match="translate must be >= 0, got -2"):
+        TrainConfig(translate=-2)
     with pytest.raises(ValueError, match=r"sdpa_backend must be one of math, flash_attention, .* got 'fast'"):
         TrainConfig(sdpa_backend="fast")
+
+
+def test_time_limit_stops_after_the_epoch_past_which_another_would_not_fit(tmp_path, monkeypatch):
+    import itertools
+    from types import SimpleNamespace
+
+    import vitkit.training.trainer as trainer
+    from vitkit.training.distributed import DistInfo
+
+    clock = itertools.count(0, 10)  # every reading of the trainer's clock is 10 s after the one before
+    monkeypatch.setattr(trainer, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    summary = train(config(tmp_path, epochs=50, eval_every=7, time_limit_min=0.01))  # 0.6 s: one epoch at most
+    rows = [json.loads(line) for line in (Path(summary["output"]) / "metrics.jsonl").read_text().splitlines()]
+    assert summary["epochs_done"] == 1 and [r["epoch"] for r in rows[:-1]] == [1]
+    assert "time_limit_min 0.01" in rows[0]["stopped"] and "val_model_top1" in rows[0]  # validated, not epoch 7
+    assert (Path(summary["output"]) / "best").is_dir() and summary["report"].num_samples > 0
+    stopped = lambda limit_min: trainer._out_of_time(  # noqa: E731
+        TrainConfig(time_limit_min=limit_min), SimpleNamespace(dist=DistInfo()), 100.0, 30.0)
+    assert stopped(2.0) and not stopped(2.2)  # 100 s done + a 30 s epoch: past 120 s, within 132 s
+    with pytest.raises(ValueError, match=r"time_limit_min must be > 0 \(minutes\) or null, got 0"):
+        TrainConfig(time_limit_min=0)
 
 
 def test_attention_kernel_choice_trains_the_same_model(tmp_path, monkeypatch):

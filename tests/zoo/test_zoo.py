@@ -9,8 +9,8 @@ import pytest
 import vitkit
 from vitkit.evaluation import count_params
 from vitkit.zoo import merge_zoo, run_zoo, zoo_names, zoo_recipe
-from vitkit.zoo.report import COLUMNS
-from vitkit.zoo.run import fit_warmup
+from vitkit.zoo.report import COLUMNS, markdown_table
+from vitkit.zoo.run import Estimate, fit_warmup, plan_epochs
 
 PARAM_RANGE = (0.5e6, 2e6)
 TINY_RUN = {"max_steps": 2, "batch_size": 32, "eval_every": 1}
@@ -43,7 +43,7 @@ def test_a_tiny_zoo_writes_every_result_file(tmp_path):
         assert all(row.get(c) is not None for c in COLUMNS if c != "top1_std"), row
         assert 0 <= row["top1"] <= 1 and 0 <= row["ece"] <= 1 and row["epochs"] >= 1 and 0 <= row["val_top1"] <= 1
         run_config = json.loads((out / "runs" / f"{row['model']}-s0" / "config.json").read_text())
-        assert run_config["epochs"] == row["epochs"]
+        assert run_config["epochs"] == row["epochs"] and run_config["time_limit_min"] == 60  # the budget
         assert run_config["warmup_epochs"] == fit_warmup(zoo_recipe(row["model"])["warmup_epochs"], row["epochs"])
         assert (out / "runs" / f"{row['model']}-s0" / "best" / "config.json").is_file()
     with open(out / "results.csv") as f:
@@ -56,6 +56,14 @@ def test_warmup_is_capped_at_a_tenth_of_the_planned_epochs():
     assert fit_warmup(1.0, 47) == 1.0  # the recipe's 1 epoch: under a tenth of 47
     assert fit_warmup(1.0, 3) == pytest.approx(0.3)  # 3 epochs: 0.3 epochs of warm-up, not all of the first
     assert fit_warmup(0.0, 5) == 0.0
+
+
+def test_epochs_are_planned_with_a_margin_and_a_run_cut_short_says_so():
+    estimate = Estimate(step_s=1.0, steps_per_epoch=50, val_s=20.0, eval_every=2)  # 60 s per epoch
+    assert plan_epochs("vit", estimate, budget_min=30) == 28  # 95% of 30 epochs' time
+    row = {"model": "vit", "epochs": 28, "epochs_done": 26, "stopped_by_time_limit": True}
+    assert "| 26 of 28 |" in markdown_table({"rows": [row]})
+    assert "| 28 |" in markdown_table({"rows": [{**row, "stopped_by_time_limit": False}]})
 
 
 def test_an_unknown_entry_is_one_error_listing_the_valid_ones(tmp_path):

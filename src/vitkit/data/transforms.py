@@ -1,8 +1,9 @@
 """Train and eval pipelines for ViTs (the DeiT recipe) on (B, C, H, W) uint8 batches, driven by AugmentConfig.
 
-Train: random resized crop -> horizontal flip -> RandAugment / TrivialAugment -> normalize -> random erasing
--> Mixup / CutMix with label smoothing. Eval (timm): resize the shorter side to img_size / crop_pct, bicubic
--> centre crop -> normalize. The batched building blocks live in vitkit.data.augment and are re-exported here.
+Train: random resized crop -> random shift (`translate`, off by default) -> horizontal flip -> RandAugment /
+TrivialAugment -> normalize -> random erasing -> Mixup / CutMix with label smoothing. Eval (timm): resize the
+shorter side to img_size / crop_pct, bicubic -> centre crop -> normalize. The batched building blocks live in
+vitkit.data.augment and are re-exported here.
 """
 
 import math
@@ -23,6 +24,7 @@ from .augment import (
     random_erasing,
     random_hflip,
     random_resized_crop,
+    random_translate,
     resize,
     to_unit_float,
     trivial_augment,
@@ -37,6 +39,7 @@ class AugmentConfig:
     img_size: int
     scale: tuple[float, float] = (0.08, 1.0)  # small images (28x28) keep more of the object with (0.35, 1)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    translate: int = 0  # random shift by up to this many pixels per axis, zero fill, no resampling
     hflip: float = 0.5
     auto_augment: str | None = "rand-m9-n2"  # "rand-m{M}-n{N}", "trivial" or None
     re_prob: float = 0.25
@@ -75,6 +78,9 @@ def _config_problems(cfg: AugmentConfig) -> list[str]:
         value = getattr(cfg, name)
         if value < 0:
             problems.append(f"{name} is a Beta alpha and must be >= 0 (0 turns it off), got {value}")
+    if isinstance(cfg.translate, bool) or not isinstance(cfg.translate, int) or not 0 <= cfg.translate < cfg.img_size:
+        problems.append(f"translate is a shift in whole pixels and must be an int in [0, {cfg.img_size}) for "
+                        f"img_size {cfg.img_size}, got {cfg.translate!r}")
     if not 0 <= cfg.label_smoothing < 1:
         problems.append(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
     if len(cfg.mean) not in (1, 3) or len(cfg.std) != len(cfg.mean):
@@ -101,6 +107,7 @@ class TrainAugment:
         cfg = self.cfg
         x = to_unit_float(images)
         x = random_resized_crop(x, cfg.img_size, cfg.scale, cfg.ratio, generator=generator)
+        x = random_translate(x, cfg.translate, generator=generator)
         x = random_hflip(x, cfg.hflip, generator=generator)
         if self.auto_augment is not None:
             x = self.auto_augment(x, generator=generator)

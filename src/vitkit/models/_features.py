@@ -32,12 +32,22 @@ def init_linear_(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+def checkpointing(owner: nn.Module) -> bool:
+    """Whether `owner`'s blocks recompute their activations in the backward pass: `grad_checkpointing` set, in
+    training mode, with gradients being recorded (under no_grad there is no backward pass to save memory for)."""
+    return owner.grad_checkpointing and owner.training and torch.is_grad_enabled()
+
+
+def run_block(owner: nn.Module, block: nn.Module, *args) -> torch.Tensor:
+    """`block(*args)`, checkpointed when `checkpointing(owner)`."""
+    return checkpoint(block, *args, use_reentrant=False) if checkpointing(owner) else block(*args)
+
+
 def forward_blocks(stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`stage.blocks(x)`; with `stage.grad_checkpointing` while training with gradients, each block's activations
-    are recomputed in the backward pass instead of kept."""
-    if stage.grad_checkpointing and stage.training and torch.is_grad_enabled():
+    """`stage.blocks(x)`, each block checkpointed when `checkpointing(stage)`."""
+    if checkpointing(stage):
         for block in stage.blocks:
-            x = checkpoint(block, x, use_reentrant=False)
+            x = run_block(stage, block, x)
         return x
     return stage.blocks(x)
 

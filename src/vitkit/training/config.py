@@ -55,6 +55,7 @@ class TrainConfig:
     # augmentation (see vitkit.data.transforms.AugmentConfig)
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    translate: int = 0  # random shift by up to this many pixels per axis after the crop (zero fill, no resampling)
     hflip: float = 0.5
     auto_augment: str | None = "rand-m9-n2"
     re_prob: float = 0.25
@@ -87,6 +88,10 @@ class TrainConfig:
     workers: int = 0  # DataLoader processes for folder datasets
     device: str = "auto"
     max_steps: int | None = None  # stop early (smoke tests)
+    # wall-clock budget of this process's training, in minutes: after each epoch the run stops when one more
+    # epoch (as long as the longest so far, validation included) would end past it. The lr schedule still
+    # spans `epochs`, so a stop cuts its tail: plan `epochs` to fit and let this catch a slower machine.
+    time_limit_min: float | None = None
     progress: bool = True
 
     def __post_init__(self):
@@ -97,8 +102,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "accum_steps", "eval_every", "keep_last"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("ckpt_every", "workers", "seed", "weight_decay", "warmup_epochs", "min_lr", "mixup", "cutmix",
-                     "weight_decay_end"):
+        for name in ("ckpt_every", "workers", "seed", "translate", "weight_decay", "warmup_epochs", "min_lr", "mixup",
+                     "cutmix", "weight_decay_end"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("hflip", "re_prob", "mix_prob", "distill_alpha"):
@@ -113,6 +118,8 @@ class TrainConfig:
             problems.append(f"lr must be > 0, got {self.lr}")
         if self.clip_grad is not None and self.clip_grad <= 0:
             problems.append(f"clip_grad must be > 0 (a gradient-norm bound) or null, got {self.clip_grad}")
+        if self.time_limit_min is not None and self.time_limit_min <= 0:
+            problems.append(f"time_limit_min must be > 0 (minutes) or null, got {self.time_limit_min}")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append(f"max_steps must be >= 1 or null, got {self.max_steps}")
         if not 0 < self.crop_pct <= 1:

@@ -201,8 +201,8 @@ def _init_from_checkpoint(model: nn.Module, path: str) -> None:
 
 def _augment_config(cfg: TrainConfig, info, img_size: int) -> AugmentConfig:
     return AugmentConfig(
-        img_size=img_size, scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip, auto_augment=cfg.auto_augment,
-        re_prob=cfg.re_prob, mixup=cfg.mixup, cutmix=cfg.cutmix, mix_prob=cfg.mix_prob,
+        img_size=img_size, scale=cfg.scale, ratio=cfg.ratio, translate=cfg.translate, hflip=cfg.hflip,
+        auto_augment=cfg.auto_augment, re_prob=cfg.re_prob, mixup=cfg.mixup, cutmix=cfg.cutmix, mix_prob=cfg.mix_prob,
         label_smoothing=cfg.label_smoothing, mean=info.mean, std=info.std, crop_pct=cfg.crop_pct,
     )
 
@@ -229,8 +229,8 @@ def _build_objective(cfg: TrainConfig, info, train_set, device: torch.device) ->
 
 def _run_epochs(run: Run) -> dict:
     cfg, start = run.cfg, time.perf_counter()
-    evaluated = False
-    while run.epoch < cfg.epochs and run.global_step < run.total_steps:
+    evaluated, longest_epoch_s, out_of_time = False, 0.0, False
+    while run.epoch < cfg.epochs and run.global_step < run.total_steps and not out_of_time:
         epoch_start, losses, terms = time.perf_counter(), [], {}
         order = epoch_order(len(run.train_set), cfg.seed, run.epoch)
         batches = batch_indices(order, cfg.batch_size, run.step_in_epoch)
@@ -248,21 +248,42 @@ def _run_epochs(run: Run) -> dict:
         finished_epoch = run.step_in_epoch >= run.steps_per_epoch
         if finished_epoch:
             run.epoch, run.step_in_epoch = run.epoch + 1, 0
-        last = run.epoch >= cfg.epochs or run.global_step >= run.total_steps
+        done = run.epoch >= cfg.epochs or run.global_step >= run.total_steps
         row = {"epoch": run.epoch, "step": run.global_step, "train_loss": sum(losses) / max(len(losses), 1),
                "lr": run.optimizer.param_groups[0]["lr"], "epoch_s": time.perf_counter() - epoch_start,
                "img_per_s": len(losses) * cfg.batch_size / (time.perf_counter() - epoch_start),
                **{f"train_{name}": sum(v) / len(v) for name, v in terms.items()}}
-        evaluated = run.epoch % cfg.eval_every == 0 or last
+        evaluated = run.epoch % cfg.eval_every == 0 or done
         if evaluated:
             _validate_and_keep_best(run, row)
+        # the next epoch is estimated as the longest so far, validation included (a partial first epoch after a
+        # resume scaled to a whole one); the one that stops is validated, so that selection sees it
+        epoch_s = (time.perf_counter() - epoch_start) * run.steps_per_epoch / max(len(losses), 1)
+        longest_epoch_s = max(longest_epoch_s, epoch_s)
+        out_of_time = not done and _out_of_time(cfg, run, time.perf_counter() - start, longest_epoch_s)
+        if out_of_time:
+            row["stopped"] = f"time_limit_min {cfg.time_limit_min:g}: another epoch would not fit"
+            if not evaluated:
+                _validate_and_keep_best(run, row)
+                evaluated = True
         _save_checkpoint(run)
         if run.dist.is_main:
             _log(run, row)
     barrier(run.dist)
     if not evaluated:  # resumed at the very end: nothing trained in this process
         _validate_and_keep_best(run, {})
-    return _finish(run, time.perf_counter() - start)
+    return _finish(run, time.perf_counter() - start, stopped_by_time_limit=out_of_time)
+
+
+def _out_of_time(cfg: TrainConfig, run: Run, elapsed_s: float, next_epoch_s: float) -> bool:
+    """Would one more epoch of `next_epoch_s` end past `time_limit_min`? Decided on the main process and
+    shared, so that every DDP rank stops after the same epoch."""
+    if cfg.time_limit_min is None:
+        return False
+    stop = elapsed_s + next_epoch_s > cfg.time_limit_min * 60
+    if run.dist.enabled:
+        stop = all_reduce_mean(float(stop) if run.dist.is_main else 0.0, run.dist) > 0
+    return stop
 
 
 def _attention_kernel(cfg: TrainConfig):
@@ -393,10 +414,11 @@ def _norm(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def _finish(run: Run, elapsed: float) -> dict:
+def _finish(run: Run, elapsed: float, stopped_by_time_limit: bool = False) -> dict:
     """Save the final model, then evaluate the test split once: the selected model (best/, chosen on
     validation) and the final one. Without a validation split the final model is the result."""
-    summary = {"output": str(run.out), "elapsed_s": elapsed, "global_step": run.global_step, "amp": run.cfg.amp,
+    summary = {"output": str(run.out), "elapsed_s": elapsed, "global_step": run.global_step, "epochs_done": run.epoch,
+               "stopped_by_time_limit": stopped_by_time_limit, "amp": run.cfg.amp,
                "selection_metric": run.objective.selection_metric,
                f"best_val_{run.objective.selection_metric}": run.best_val if run.val_set is not None else None}
     if run.dist.is_main:

@@ -12,12 +12,12 @@ from ..bench.report import pareto_front
 from ..reporting import CSS, PLOT_CHECK_SCRIPT, png_img, write_report_dir
 
 COLUMNS = ["model", "architecture", "val_top1", "top1", "top1_std", "ece", "params", "gflops", "train_img_s",
-           "infer_img_s_b1", "infer_img_s_b256", "peak_mem_mb", "epochs", "est_epoch_s", "train_min", "img_size",
-           "seeds", "pareto"]
+           "infer_img_s_b1", "infer_img_s_b256", "peak_mem_mb", "epochs", "epochs_done", "est_epoch_s", "train_min",
+           "img_size", "seeds", "pareto"]
 HEADINGS = {"val_top1": "val top-1 (selection)", "top1": "test top-1", "top1_std": "± (seeds)", "ece": "ECE",
             "gflops": "GFLOPs", "train_img_s": "train img/s", "infer_img_s_b1": "infer img/s b1",
             "infer_img_s_b256": "infer img/s b256", "peak_mem_mb": "peak MiB (b256)", "est_epoch_s": "est. s/epoch",
-            "train_min": "train min"}
+            "train_min": "train min", "epochs_done": "epochs trained (fewest)"}
 PARETO_X = "infer_img_s_b256"
 PLOT = "pareto.png"
 
@@ -91,11 +91,17 @@ def _fmt(column: str, value) -> str:
     return str(value)
 
 
+def _cell(column: str, row: dict) -> str:
+    if column == "epochs" and row.get("stopped_by_time_limit"):  # a run stopped at the budget before its plan
+        return f"{row['epochs_done']} of {row['epochs']}"
+    return _fmt(column, row.get(column))
+
+
 def markdown_table(results: dict) -> str:
     shown = ["model", "val_top1", "top1", "params", "gflops", "train_img_s", "infer_img_s_b1", "infer_img_s_b256",
              "peak_mem_mb", "ece", "epochs", "train_min"]
     lines = ["| " + " | ".join(HEADINGS.get(c, c) for c in shown) + " |", "|" + "---|" * len(shown)]
-    lines += ["| " + " | ".join(_fmt(c, r.get(c)) for c in shown) + " |" for r in results["rows"]]
+    lines += ["| " + " | ".join(_cell(c, r) for c in shown) + " |" for r in results["rows"]]
     return "\n".join(lines)
 
 
@@ -125,8 +131,9 @@ def render_html(results: dict, directory: Path) -> str:
 <body>
 <h1>vitkit zoo: {e(results['data'])}, {results['budget_min']:g} minutes per model</h1>
 <p class="note">{e(machine)}</p>
-<p class="note">Each model trained for the whole epochs that fit in the budget (epoch time estimated from timed
-steps before training), seeds {e(seeds)}; the model selected on the validation split is evaluated on the test
+<p class="note">Each model's epochs were planned to fill 95% of the budget (epoch time estimated from timed
+steps before training); a run stops early when another epoch would end past the budget (epochs "N of M"),
+seeds {e(seeds)}; the model selected on the validation split is evaluated on the test
 split (top-1 and ECE, means over seeds). Inference img/s: median of timed runs after warm-up (the bench's
 worker); peak memory: peak RSS of a process running batch-256 forwards; GFLOPs: one image.{command}</p>
 <h2>Pareto set (test top-1 vs inference img/s at batch 256, highlighted below)</h2><ul>{pareto}</ul>

@@ -3,8 +3,10 @@ selects `best/` on the validation split), then measure the selected model.
 
 Budget: `budget_min` minutes of training per entry and seed, validation passes included. Before anything is
 trained every entry is timed (a few warmed-up optimizer steps on real batches, plus one validation forward
-pass scaled to the validation split) and given epochs = floor(budget / epoch time); an entry of which not
-even one epoch fits is refused then, so a too-small budget fails before any run starts. Warm-up is the
+pass scaled to the validation split) and given epochs = floor(PLAN_SHARE x budget / epoch time); an entry of
+which not even one epoch fits is refused then, so a too-small budget fails before any run starts. Estimates from
+the first steps run a few percent short of whole epochs (and a busy machine slows any run), so the plan keeps
+a margin, and the trainer stops a run once another epoch would end past the budget (`time_limit_min`). Warm-up is the
 recipe's, capped at a tenth of the planned epochs (`fit_warmup`): a 3-epoch entry warms up for 0.3 epochs
 rather than spending its first whole epoch there. The final test
 evaluation and the measurements below come on top of the budget.
@@ -45,6 +47,7 @@ ESTIMATE_STEPS = 20  # timed optimizer steps per entry, after ESTIMATE_WARMUP un
 ESTIMATE_WARMUP = 3
 INFER_BATCHES = (1, 256)
 WARMUP_SHARE = 0.1  # at most this share of an entry's epochs is learning-rate warm-up
+PLAN_SHARE = 0.95  # epochs are planned to fill this share of the budget (the 30-minute ViT run overshot by 7%)
 TIMING = {"warmup": 2, "repeats": 7, "min_run_s": 0.5, "latency_runs": 20}  # the bench's timing options
 
 
@@ -106,9 +109,9 @@ def _estimate(cfg: TrainConfig, device: torch.device, steps: int, warmup: int) -
 
 def plan_epochs(name: str, estimate: Estimate, budget_min: float) -> int:
     """Whole epochs that fit in the budget; a budget below one epoch is refused, naming what would do."""
-    epochs = math.floor(budget_min * 60 / estimate.epoch_s)
+    epochs = math.floor(PLAN_SHARE * budget_min * 60 / estimate.epoch_s)
     if epochs < 1:
-        need = math.ceil(estimate.epoch_s / 60 * 10) / 10
+        need = math.ceil(estimate.epoch_s / PLAN_SHARE / 60 * 10) / 10
         raise ValueError(f"--budget-min {budget_min:g} is too small for {name}: one epoch takes "
                          f"~{estimate.epoch_s / 60:.2g} min here ({estimate.steps_per_epoch} steps at "
                          f"~{estimate.step_s:.2g} s each, plus validation); expected at least {need:g} minutes")
@@ -231,7 +234,8 @@ def run_zoo(models: list[str] | None = None, data: str = "fashion-mnist", budget
         runs = []
         for seed in seeds:
             cfg = zoo_config(name, data, out / "runs" / f"{name}-s{seed}", seed, overrides)
-            cfg = dataclasses.replace(cfg, epochs=epochs, warmup_epochs=fit_warmup(cfg.warmup_epochs, epochs))
+            cfg = dataclasses.replace(cfg, epochs=epochs, warmup_epochs=fit_warmup(cfg.warmup_epochs, epochs),
+                                      time_limit_min=budget_min)
             say(f"training {name} seed {seed}: {epochs} epochs")
             summary = train(cfg, overwrite=True)
             run_dir = Path(summary["output"])
@@ -240,7 +244,8 @@ def run_zoo(models: list[str] | None = None, data: str = "fashion-mnist", budget
                          "val_top1": selected_val_top1(run_dir),
                          "ece": ece_on_test(selected, data, seed), "train_min": summary["elapsed_s"] / 60,
                          "train_img_s": train_images_per_s(run_dir), "selected": summary["selected"],
-                         "selected_epoch": summary["selected_epoch"]})
+                         "selected_epoch": summary["selected_epoch"], "epochs_done": summary["epochs_done"],
+                         "stopped_by_time_limit": summary["stopped_by_time_limit"]})
         say(f"measuring {name}")
         with tempfile.TemporaryDirectory(prefix="vitkit-zoo-bench-") as tmp:
             first = _selected_dir(runs[0])
@@ -251,7 +256,8 @@ def run_zoo(models: list[str] | None = None, data: str = "fashion-mnist", budget
             "val_top1": _mean_val_top1(runs),
             "ece": statistics.mean(r["ece"] for r in runs), **cost,
             "train_img_s": statistics.mean(r["train_img_s"] or 0.0 for r in runs),
-            "epochs": epochs, "est_epoch_s": estimate.epoch_s,
+            "epochs": epochs, "epochs_done": min(r["epochs_done"] for r in runs),
+            "stopped_by_time_limit": any(r["stopped_by_time_limit"] for r in runs), "est_epoch_s": estimate.epoch_s,
             "train_min": statistics.mean(r["train_min"] for r in runs), "seeds": len(runs), "runs": runs,
         })
     results = {"data": data, "budget_min": budget_min, "seeds": list(seeds), "machine": machine_info(threads=threads),
@@ -283,6 +289,7 @@ def merge_zoo(dirs: list[str | Path], out: str | Path, threads: int | None = Non
     for row in rows:
         if row.get("val_top1") is None:
             row["val_top1"] = _mean_val_top1(row["runs"])
+        row.setdefault("epochs_done", row["epochs"])  # reports from before the time limit ran every planned epoch
     names = [r["model"] for r in rows]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:

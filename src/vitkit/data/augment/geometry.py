@@ -108,6 +108,22 @@ def random_hflip(x: Tensor, p: float = 0.5, *, generator: torch.Generator) -> Te
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
+def random_translate(x: Tensor, max_shift: int, *, generator: torch.Generator) -> Tensor:
+    """Shift each image by whole pixels, up to `max_shift` in each direction (uniform per axis), filling the
+    uncovered border with zeros: the pad-and-random-crop of CIFAR training, without any resampling (a shifted
+    28x28 digit or garment keeps its exact pixels; a resized crop would blur them)."""
+    if max_shift < 0:
+        raise ValueError(f"translate must be a number of pixels >= 0, got {max_shift}")
+    if max_shift == 0:
+        return x
+    batch, _, height, width = x.shape
+    padded = F.pad(x, (max_shift,) * 4)
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2, batch), generator=generator)
+    rows = (dy[:, None] + torch.arange(height))[:, None, :, None]  # (B, 1, H, 1)
+    cols = (dx[:, None] + torch.arange(width))[:, None, None, :]  # (B, 1, 1, W)
+    return padded[torch.arange(batch)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+
+
 def resize(x: Tensor, size: int) -> Tensor:
     """Shorter side to `size` (longer side rounded down, as torchvision), bicubic with antialias."""
     height, width = x.shape[-2:]

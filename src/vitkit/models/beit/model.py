@@ -22,7 +22,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ...layers import Attention, DropPath, Mlp, PatchEmbed, resample_abs_pos_embed
 from .._features import (
@@ -30,6 +29,7 @@ from .._features import (
     check_output_fmt,
     init_linear_,
     layout_token_intermediates,
+    run_block,
     run_blocks,
     take_indices,
 )
@@ -294,9 +294,7 @@ class Beit(nn.Module):
         return self.pos_drop(x)
 
     def _run_block(self, block: nn.Module, x: torch.Tensor, shared: torch.Tensor | None) -> torch.Tensor:
-        if self.grad_checkpointing and self.training:
-            return checkpoint(block, x, shared, use_reentrant=False)
-        return block(x, shared)
+        return run_block(self, block, x, shared)
 
     # ----- timm's model API ------------------------------------------------------------------
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,6 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ...layers import ACT_LAYERS, ClassAttn, DropPath, Mlp, PatchEmbed, resample_abs_pos_embed
 from .._features import (
@@ -26,6 +25,7 @@ from .._features import (
     adapt_stem_channels,
     check_output_fmt,
     layout_token_intermediates,
+    run_block,
     run_blocks,
 )
 from .._groups import MERGE_WITH_PREVIOUS
@@ -168,9 +168,7 @@ class Cait(ClassAttentionHeadMixin, nn.Module):
         return self.pos_drop(self.patch_embed(x) + self.pos_embed)
 
     def _block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and self.training:
-            return checkpoint(block, x, use_reentrant=False)
-        return block(x)
+        return run_block(self, block, x)
 
     def _class_attention(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens after the blocks -> normed [class token, patch tokens]."""

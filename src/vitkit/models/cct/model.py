@@ -26,7 +26,6 @@ import math
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ...layers import ACT_LAYERS, Attention, DropPath, Mlp, resample_abs_pos_embed
 from ...layers.patch_embed import check_image_input
@@ -35,6 +34,7 @@ from .._features import (
     check_output_fmt,
     init_linear_,
     layout_token_intermediates,
+    run_block,
     run_blocks,
     take_indices,
 )
@@ -182,9 +182,7 @@ class Cct(nn.Module):
         return self.pos_drop(x)
 
     def _block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and self.training:
-            return checkpoint(block, x, use_reentrant=False)
-        return block(x)
+        return run_block(self, block, x)
 
     # ----- timm's model API ------------------------------------------------------------------
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:

@@ -24,10 +24,9 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ...layers import DropPath
-from .._features import StagedModelMixin, adapt_stem_channels, init_linear_, take_indices
+from .._features import StagedModelMixin, adapt_stem_channels, init_linear_, run_block, take_indices
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 
 if TYPE_CHECKING:  # configs.py is imported by the package, which registers the architecture
@@ -167,10 +166,7 @@ class PvtV2Stage(nn.Module):
         B, H, W, C = x.shape
         x = x.reshape(B, H * W, C)
         for block in self.blocks:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, H, W, use_reentrant=False)
-            else:
-                x = block(x, H, W)
+            x = run_block(self, block, x, H, W)
         return self.norm(x).reshape(B, H, W, C)
 
 

@@ -16,10 +16,9 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ...layers import ACT_LAYERS, DropPath, Mlp
-from .._features import StagedModelMixin, adapt_stem_channels, init_linear_, run_blocks
+from .._features import StagedModelMixin, adapt_stem_channels, forward_blocks, init_linear_, run_blocks
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 
 if TYPE_CHECKING:  # configs.py imports this module to register the architecture
@@ -205,9 +204,7 @@ class SwinTransformerStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
-        for block in self.blocks:
-            x = checkpoint(block, x, use_reentrant=False) if self.grad_checkpointing and self.training else block(x)
-        return x
+        return forward_blocks(self, x)
 
 
 class PatchEmbed(nn.Module):

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ...layers import (
     ACT_LAYERS,
@@ -27,6 +26,7 @@ from .._features import (
     check_output_fmt,
     init_linear_,
     layout_token_intermediates,
+    run_block,
     run_blocks,
     take_indices,
 )
@@ -240,7 +240,7 @@ class VisionTransformer(nn.Module):
         """A token sequence (from `embed`, possibly with patch tokens left out: masked pretraining) through
         the blocks and the final norm."""
         for block in self.blocks:
-            x = checkpoint(block, x, use_reentrant=False) if self.grad_checkpointing and self.training else block(x)
+            x = run_block(self, block, x)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False):

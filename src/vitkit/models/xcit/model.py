@@ -30,7 +30,6 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ...layers import ACT_LAYERS, ClassAttn, DropPath, Mlp
 from .._features import (
@@ -38,6 +37,7 @@ from .._features import (
     adapt_stem_channels,
     check_output_fmt,
     layout_token_intermediates,
+    run_block,
     run_blocks,
 )
 from .._groups import MERGE_WITH_PREVIOUS
@@ -273,9 +273,7 @@ class Xcit(ClassAttentionHeadMixin, nn.Module):
         return self.pos_drop(x), (height, width)
 
     def _run(self, block: nn.Module, *args):
-        if self.grad_checkpointing and self.training:
-            return checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
+        return run_block(self, block, *args)
 
     def _class_attention(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens after the blocks -> normed [class token, patch tokens]."""
