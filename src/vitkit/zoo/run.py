@@ -4,12 +4,12 @@ selects `best/` on the validation split), then measure the selected model.
 Budget: `budget_min` minutes of training per entry and seed, validation passes included. Before anything is
 trained every entry is timed (a few warmed-up optimizer steps on real batches, plus one validation forward
 pass scaled to the validation split) and given epochs = floor(PLAN_SHARE x budget / epoch time); an entry of
-which not even one epoch fits is refused then, so a too-small budget fails before any run starts. Estimates from
-the first steps run a few percent short of whole epochs (and a busy machine slows any run), so the plan keeps
-a margin, and the trainer stops a run once another epoch would end past the budget (`time_limit_min`). Warm-up is the
+which not even one epoch fits is refused then, so a too-small budget fails before any run starts. Estimates
+from the first steps run short of whole epochs (and a busy machine slows any run), so the plan keeps a margin,
+and the trainer stops a run once another epoch would end past the budget (`time_limit_min`). Warm-up is the
 recipe's, capped at a tenth of the planned epochs (`fit_warmup`): a 3-epoch entry warms up for 0.3 epochs
-rather than spending its first whole epoch there. The final test
-evaluation and the measurements below come on top of the budget.
+rather than spending its first whole epoch there. The final test evaluation and the measurements below come
+on top of the budget.
 
 Measurements of the selected model: test top-1 (the trainer's eval.json) and ECE on the test split,
 parameters and GFLOPs (a forward at batch 1), training img/s (median over epochs, metrics.jsonl), and, in

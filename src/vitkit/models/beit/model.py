@@ -293,9 +293,6 @@ class Beit(nn.Module):
             x = x + self.pos_embed
         return self.pos_drop(x)
 
-    def _run_block(self, block: nn.Module, x: torch.Tensor, shared: torch.Tensor | None) -> torch.Tensor:
-        return run_block(self, block, x, shared)
-
     # ----- timm's model API ------------------------------------------------------------------
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """A token sequence (from `embed`) through the blocks and the final norm. The relative position bias
@@ -303,7 +300,7 @@ class Beit(nn.Module):
         the blocks go through `vitkit.efficiency`'s BEiT adapter, which reduces the bias with the tokens)."""
         shared = self.rel_pos_bias() if self.rel_pos_bias is not None else None
         for block in self.blocks:
-            x = self._run_block(block, x, shared)
+            x = run_block(self, block, x, shared)
         return self.norm(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -337,7 +334,7 @@ class Beit(nn.Module):
         grid_h, grid_w = self.patch_grid(x)
         x = self.embed(x)
         shared = self.rel_pos_bias() if self.rel_pos_bias is not None else None
-        x, intermediates = run_blocks(self.blocks, x, indices, lambda block, x: self._run_block(block, x, shared),
+        x, intermediates = run_blocks(self.blocks, x, indices, lambda block, x: run_block(self, block, x, shared),
                                      self.norm, norm, stop_early or intermediates_only)
         intermediates = layout_token_intermediates(intermediates, self.num_prefix_tokens, (grid_h, grid_w), output_fmt,
                                                    return_prefix_tokens)

@@ -15,6 +15,7 @@ rate in every self-attention block (not linear in depth), and none in the class-
 """
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ from .._features import (
     ClassAttentionHeadMixin,
     adapt_stem_channels,
     check_output_fmt,
+    forward_blocks,
     layout_token_intermediates,
     run_block,
     run_blocks,
@@ -167,9 +169,6 @@ class Cait(ClassAttentionHeadMixin, nn.Module):
         x = x.to(self.pos_embed.dtype)
         return self.pos_drop(self.patch_embed(x) + self.pos_embed)
 
-    def _block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return run_block(self, block, x)
-
     def _class_attention(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens after the blocks -> normed [class token, patch tokens]."""
         # a copy, not an expand() view: under no_grad a view of a parameter still says requires_grad with no
@@ -182,8 +181,7 @@ class Cait(ClassAttentionHeadMixin, nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1 + patches, D): the class token, then the patch tokens, after the final norm."""
         x = self.embed(x)
-        for block in self.blocks:
-            x = self._block(block, x)
+        x = forward_blocks(self, x)
         return self._class_attention(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -214,7 +212,7 @@ class Cait(ClassAttentionHeadMixin, nn.Module):
         check_output_fmt(output_fmt)
         grid = self.patch_embed.grid_size
         x = self.embed(x)
-        x, intermediates = run_blocks(self.blocks, x, indices, self._block, self.norm, norm,
+        x, intermediates = run_blocks(self.blocks, x, indices, partial(run_block, self), self.norm, norm,
                                      stop_early or intermediates_only)
         intermediates = layout_token_intermediates(intermediates, 0, (grid, grid), output_fmt)
         if intermediates_only:

@@ -23,6 +23,7 @@ argument, so its `*_sine` constructors build learnable embeddings; here `*_sine`
 """
 
 import math
+from functools import partial
 
 import torch
 from torch import nn
@@ -32,6 +33,7 @@ from ...layers.patch_embed import check_image_input
 from .._features import (
     adapt_stem_channels,
     check_output_fmt,
+    forward_blocks,
     init_linear_,
     layout_token_intermediates,
     run_block,
@@ -181,15 +183,11 @@ class Cct(nn.Module):
             x = x + pos_embed
         return self.pos_drop(x)
 
-    def _block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return run_block(self, block, x)
-
     # ----- timm's model API ------------------------------------------------------------------
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """A token sequence (from `embed`, possibly with tokens left out: masked pretraining, token
         reduction) through the blocks and the final norm."""
-        for block in self.blocks:
-            x = self._block(block, x)
+        x = forward_blocks(self, x)
         return self.norm(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -227,7 +225,7 @@ class Cct(nn.Module):
         check_output_fmt(output_fmt)
         grid_h, grid_w = self.patch_grid(x)
         x = self.embed(x)
-        x, intermediates = run_blocks(self.blocks, x, indices, self._block, self.norm, norm,
+        x, intermediates = run_blocks(self.blocks, x, indices, partial(run_block, self), self.norm, norm,
                                      stop_early or intermediates_only)
         intermediates = layout_token_intermediates(intermediates, 0, (grid_h, grid_w), output_fmt)
         if intermediates_only:

@@ -24,9 +24,9 @@ from ...layers.pos_embed import POS_EMBED_INTERP
 from .._features import (
     adapt_stem_channels,
     check_output_fmt,
+    forward_blocks,
     init_linear_,
     layout_token_intermediates,
-    run_block,
     run_blocks,
     take_indices,
 )
@@ -239,9 +239,7 @@ class VisionTransformer(nn.Module):
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """A token sequence (from `embed`, possibly with patch tokens left out: masked pretraining) through
         the blocks and the final norm."""
-        for block in self.blocks:
-            x = run_block(self, block, x)
-        return self.norm(x)
+        return self.norm(forward_blocks(self, x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
         if self.head_dist is not None:

@@ -272,21 +272,18 @@ class Xcit(ClassAttentionHeadMixin, nn.Module):
             x = x + self.pos_embed(height, width)
         return self.pos_drop(x), (height, width)
 
-    def _run(self, block: nn.Module, *args):
-        return run_block(self, block, *args)
-
     def _class_attention(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens after the blocks -> normed [class token, patch tokens]."""
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         for block in self.cls_attn_blocks:
-            x = self._run(block, x)
+            x = run_block(self, block, x)
         return self.norm(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1 + patches, D): the class token, then the patch tokens, after the final norm."""
         x, (height, width) = self._embed(x)
         for block in self.blocks:
-            x = self._run(block, x, height, width)
+            x = run_block(self, block, x, height, width)
         return self._class_attention(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -315,8 +312,9 @@ class Xcit(ClassAttentionHeadMixin, nn.Module):
         "NLC" tokens. Returns (forward_features output, intermediates) unless `intermediates_only`."""
         check_output_fmt(output_fmt)
         x, (height, width) = self._embed(x)
-        x, intermediates = run_blocks(self.blocks, x, indices, lambda block, x: self._run(block, x, height, width),
-                                     self.norm, norm, stop_early or intermediates_only)
+        x, intermediates = run_blocks(self.blocks, x, indices,
+                                      lambda block, x: run_block(self, block, x, height, width),
+                                      self.norm, norm, stop_early or intermediates_only)
         intermediates = layout_token_intermediates(intermediates, 0, (height, width), output_fmt)
         if intermediates_only:
             return intermediates
