@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear import apply_linear
+
 
 class Attention(nn.Module):
     attention_grad: bool = False  # explicit attention, probabilities in the autograd graph (module docstring)
@@ -67,11 +69,12 @@ class Attention(nn.Module):
             if self.on_attention is not None:
                 self.on_attention(self.attention_probs(q, k, attn_bias))
         x = x.transpose(1, 2).reshape(x.shape[0], -1, self.num_heads * self.head_dim)
-        return self.proj_drop(self.proj(x))
+        return self.proj_drop(apply_linear(x, self.proj))
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, N, _ = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        qkv = apply_linear(x, self.qkv).reshape(B, N, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         return self.q_norm(q), self.k_norm(k), v
 
     def attention_probs(self, q: torch.Tensor, k: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:

@@ -6,6 +6,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .linear import apply_linear
+
 
 class ClassAttn(nn.Module):
     """Attention from the class token (x[:, 0]) to all tokens; returns the class token's update (B, 1, C).
@@ -34,9 +36,9 @@ class ClassAttn(nn.Module):
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.reshape(B, t.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
 
-        q, k, v = heads(self.q(x[:, :1])), heads(self.k(x)), heads(self.v(x))
+        q, k, v = heads(apply_linear(x[:, :1], self.q)), heads(apply_linear(x, self.k)), heads(apply_linear(x, self.v))
         probs = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, 1, N)
         if self.on_attention is not None:
             self.on_attention(probs)
         x = (self.attn_drop(probs) @ v).transpose(1, 2).reshape(B, 1, C)
-        return self.proj_drop(self.proj(x))
+        return self.proj_drop(apply_linear(x, self.proj))

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...layers import Attention, DropPath, Mlp, PatchEmbed, resample_abs_pos_embed
+from ...layers import Attention, DropPath, Mlp, PatchEmbed, apply_linear, resample_abs_pos_embed
 from .._features import (
     adapt_stem_channels,
     check_output_fmt,
@@ -135,12 +135,8 @@ class BeitAttention(InferenceCacheHolder, Attention):
 
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, N, _ = x.shape
-        if self.q_bias is None:
-            qkv = self.qkv(x)
-        elif type(self.qkv) is nn.Linear:  # the q/v bias inside the matmul, as transformers' separate q/k/v layers
-            qkv = F.linear(x, self.qkv.weight, self.qkv_bias())
-        else:  # int8 and other rewrites replace the module: call it, then add the bias
-            qkv = self.qkv(x) + self.qkv_bias()
+        # the q/v bias inside the matmul (as transformers' separate q/k/v layers), after a replaced module (int8)
+        qkv = apply_linear(x, self.qkv, bias=None if self.q_bias is None else self.qkv_bias())
         q, k, v = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         return q, k, v
 
@@ -153,7 +149,7 @@ class BeitAttention(InferenceCacheHolder, Attention):
             return super().attend(q, k, v, attn_bias)
         x = self.attention_weights(q, k, attn_bias.to(q.dtype)) @ v
         x = x.transpose(1, 2).reshape(x.shape[0], -1, self.num_heads * self.head_dim)
-        return self.proj_drop(self.proj(x))
+        return self.proj_drop(apply_linear(x, self.proj))
 
     def qkv_bias(self) -> torch.Tensor:
         """q bias, zeros for k, v bias: one bias for the fused qkv projection."""

@@ -20,7 +20,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from ...layers import ACT_LAYERS, ClassAttn, DropPath, Mlp, PatchEmbed, resample_abs_pos_embed
+from ...layers import ACT_LAYERS, ClassAttn, DropPath, Mlp, PatchEmbed, apply_linear, resample_abs_pos_embed
 from .._features import (
     ClassAttentionHeadMixin,
     adapt_stem_channels,
@@ -59,14 +59,15 @@ class TalkingHeadAttn(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        qkv = apply_linear(x, self.qkv).reshape(B, N, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         logits = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, N, N)
         logits = self.proj_l(logits.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # mix heads: (B, N, N, heads)
         probs = self.proj_w(logits.softmax(dim=-1).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         if self.on_attention is not None:
             self.on_attention(probs)
         x = (self.attn_drop(probs) @ v).transpose(1, 2).reshape(B, N, C)
-        return self.proj_drop(self.proj(x))
+        return self.proj_drop(apply_linear(x, self.proj))
 
 
 class LayerScaleBlock(nn.Module):

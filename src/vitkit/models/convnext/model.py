@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...layers import DropPath, Mlp
+from ...layers import DropPath, Mlp, apply_linear
 from ...layers.pooling import MAP_POOL_TYPES, GlobalPool2d
 from .._features import ConvStagesMixin, adapt_stem_channels, forward_blocks
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
@@ -57,14 +57,14 @@ class ConvNeXtMlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int, use_conv: bool, use_grn: bool):
         super().__init__()
-        linear = (lambda i, o: nn.Conv2d(i, o, kernel_size=1)) if use_conv else nn.Linear
-        self.fc1 = linear(dim, hidden)
+        layer = (lambda i, o: nn.Conv2d(i, o, kernel_size=1)) if use_conv else nn.Linear
+        self.fc1 = layer(dim, hidden)
         self.act = nn.GELU()
         self.grn = GlobalResponseNorm(hidden, channels_last=not use_conv) if use_grn else nn.Identity()
-        self.fc2 = linear(hidden, dim)
+        self.fc2 = layer(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.grn(self.act(self.fc1(x))))
+        return apply_linear(self.grn(apply_linear(x, self.fc1, self.act)), self.fc2)
 
 
 class ConvNeXtBlock(nn.Module):

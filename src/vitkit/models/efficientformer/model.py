@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ...layers import DropPath
+from ...layers import DropPath, Mlp, apply_linear
 from .._features import StagedModelMixin, adapt_stem_channels, forward_blocks, init_linear_, take_indices
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 
@@ -72,13 +72,13 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
-        qkv = self.qkv(x).reshape(B, N, self.num_heads, -1).permute(0, 2, 1, 3)
+        qkv = apply_linear(x, self.qkv).reshape(B, N, self.num_heads, -1).permute(0, 2, 1, 3)
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.val_dim], dim=3)
         attn = (q @ k.transpose(-2, -1)) * self.scale + self.attention_biases[:, self.attention_bias_idxs]
         attn = attn.softmax(dim=-1)
         if self.on_attention is not None:
             self.on_attention(attn if self.attention_grad else attn.detach())
-        return self.proj((attn @ v).transpose(1, 2).reshape(B, N, -1))
+        return apply_linear((attn @ v).transpose(1, 2).reshape(B, N, -1), self.proj)
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, key_dim={self.key_dim}, resolution={self.resolution}"
@@ -156,21 +156,6 @@ class ConvMlpWithNorm(nn.Module):
         return self.drop(self.norm2(self.fc2(x)))
 
 
-class Mlp(nn.Module):
-    """timm's `Mlp` on tokens: fc1, GELU, dropout, fc2, dropout."""
-
-    def __init__(self, dim: int, hidden: int, drop: float):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.drop1 = nn.Dropout(drop)
-        self.fc2 = nn.Linear(hidden, dim)
-        self.drop2 = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
-
-
 class MetaBlock2d(nn.Module):
     """Meta4D: pooling token mixer and conv MLP on NCHW maps, each residual with LayerScale and drop path."""
 
@@ -199,7 +184,7 @@ class MetaBlock1d(nn.Module):
         self.ls1 = LayerScale(dim, c.layer_scale_init_value)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * c.mlp_ratios), c.proj_drop_rate)
+        self.mlp = Mlp(dim, int(dim * c.mlp_ratios), drop=c.proj_drop_rate)
         self.ls2 = LayerScale(dim, c.layer_scale_init_value)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 

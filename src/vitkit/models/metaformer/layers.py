@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...layers import ACT_LAYERS
+from ...layers import ACT_LAYERS, apply_linear
 
 
 class GroupNorm1(nn.Module):
@@ -127,12 +127,13 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        qkv = apply_linear(x, self.qkv).reshape(B, N, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v)
         if self.on_attention is not None:
             self.on_attention(((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1).detach())
         out = out.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(apply_linear(out, self.proj))
 
 
 class ConvMlp(nn.Module):
@@ -151,4 +152,4 @@ class ConvMlp(nn.Module):
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+        return self.drop2(apply_linear(self.drop1(apply_linear(x, self.fc1, self.act)), self.fc2))

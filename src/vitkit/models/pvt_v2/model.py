@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...layers import DropPath
+from ...layers import DropPath, apply_linear
 from .._features import StagedModelMixin, adapt_stem_channels, init_linear_, run_block, take_indices
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 
@@ -95,12 +95,13 @@ class SpatialReductionAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         B, N, C = x.shape
-        q = self.q(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
-        k, v = self.kv(self.reduce(x, H, W)).reshape(B, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q = apply_linear(x, self.q).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+        kv = apply_linear(self.reduce(x, H, W), self.kv).reshape(B, -1, 2, self.num_heads, self.head_dim)
+        k, v = kv.permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         if self.on_attention is not None:
             self.on_attention(((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1).detach())
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
+        return self.proj_drop(apply_linear(out.transpose(1, 2).reshape(B, N, C), self.proj))
 
 
 class MlpWithDepthwiseConv(nn.Module):
@@ -117,10 +118,10 @@ class MlpWithDepthwiseConv(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        x = self.relu(self.fc1(x))
+        x = apply_linear(x, self.fc1, self.relu)
         B, N, C = x.shape
         x = self.dwconv(x.transpose(1, 2).reshape(B, C, H, W)).flatten(2).transpose(1, 2)
-        return self.drop(self.fc2(self.drop(self.act(x))))
+        return self.drop(apply_linear(self.drop(self.act(x)), self.fc2))
 
 
 class Block(nn.Module):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...layers import ACT_LAYERS, DropPath, Mlp
+from ...layers import ACT_LAYERS, DropPath, Mlp, apply_linear
 from .._features import StagedModelMixin, adapt_stem_channels, forward_blocks, init_linear_, run_blocks
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
 
@@ -96,7 +96,7 @@ class WindowAttention(nn.Module):
         (num_windows, N, N) additive shift mask or None. `num_windows` (default: the mask's count, else 1)
         only groups what `on_attention` receives per image."""
         B_, N, _ = x.shape
-        q, k, v = self.qkv(x).reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = apply_linear(x, self.qkv).reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         bias = self.relative_position_bias().unsqueeze(0)  # (1, heads, N, N)
         if mask is not None:  # (num_windows, N, N), repeated over the batch
             nw = mask.shape[0]
@@ -108,7 +108,7 @@ class WindowAttention(nn.Module):
         if self.on_attention is not None:
             windows = num_windows or (mask.shape[0] if mask is not None else 1)
             self.on_attention(self.attention_probs(q, k, bias).view(B_ // windows, windows, self.num_heads, N, N))
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B_, N, -1)))
+        return self.proj_drop(apply_linear(out.transpose(1, 2).reshape(B_, N, -1), self.proj))
 
     def attention_probs(self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """(B * num_windows, heads, N, N) probabilities, computed apart from the fused kernel."""

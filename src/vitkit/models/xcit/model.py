@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...layers import ACT_LAYERS, ClassAttn, DropPath, Mlp
+from ...layers import ACT_LAYERS, ClassAttn, DropPath, Mlp, apply_linear
 from .._features import (
     ClassAttentionHeadMixin,
     adapt_stem_channels,
@@ -143,13 +143,14 @@ class XCA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         # (3, B, heads, head_dim, N): channels as the "sequence", tokens as the features
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 4, 1).unbind(0)
+        qkv = apply_linear(x, self.qkv).reshape(B, N, 3, self.num_heads, C // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 4, 1).unbind(0)
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         probs = ((q @ k.transpose(-2, -1)) * self.temperature).softmax(dim=-1)  # (B, heads, head_dim, head_dim)
         if self.on_attention is not None:
             self.on_attention(probs)
         x = (self.attn_drop(probs) @ v).permute(0, 3, 1, 2).reshape(B, N, C)
-        return self.proj_drop(self.proj(x))
+        return self.proj_drop(apply_linear(x, self.proj))
 
 
 class XCABlock(nn.Module):
