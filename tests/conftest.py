@@ -48,3 +48,13 @@ def trained_digits(tmp_path_factory):
     summary = train(TrainConfig.from_dict(recipe))
     assert summary["report"].top1 > 0.8, "the shared digits model did not train"
     return out / "best"
+
+
+@pytest.fixture
+def onednn_for_every_size(monkeypatch):
+    """Test models are tiny, below `apply_linear`'s size thresholds: with these at 0, every eligible linear
+    layer takes the oneDNN path, so the tests exercise it."""
+    import vitkit.layers.linear as linear_module
+
+    for name in ("ONEDNN_MIN_MACS", "ONEDNN_MIN_MACS_FUSED", "ONEDNN_MIN_IN_FEATURES"):
+        monkeypatch.setattr(linear_module, name, 0)

@@ -120,6 +120,25 @@ def _first_of_each_family() -> list[str]:
     return sorted(firsts.values())
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_onednn_inference_path_equals_the_plain_one(name, monkeypatch, onednn_for_every_size):
+    """Every model's eager CPU inference with its attention and MLP linear layers through oneDNN (thresholds
+    at 0) gives the plain F.linear outputs; a model with such layers really takes that path."""
+    import vitkit.layers.linear as linear_module
+
+    model, calls = tiny(name), []
+    onednn = linear_module._onednn_linear
+    x = batch(model)
+    with torch.no_grad():
+        monkeypatch.setattr(linear_module, "_onednn_linear", None)
+        plain = model(x)
+        monkeypatch.setattr(linear_module, "_onednn_linear", lambda *a: calls.append(1) or onednn(*a))
+        fused = model(x)
+    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-4)
+    body_linears = [n for n, m in model.named_modules() if type(m) is torch.nn.Linear and not n.startswith("head")]
+    assert calls or not body_linears, f"{name}: no oneDNN call with linear layers {body_linears[:3]}"
+
+
 @pytest.mark.parametrize("name", _first_of_each_family())
 def test_checkpointing_only_where_a_backward_pass_will_come(name, monkeypatch):
     """Blocks are checkpointed in training mode with gradients recorded, never under no_grad (nothing to save

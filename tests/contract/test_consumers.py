@@ -45,7 +45,7 @@ ONE_PER_FAMILY = ["vit_pico_patch4_32", *HIERARCHICAL]
 
 
 @pytest.mark.parametrize("name", ONE_PER_FAMILY)
-def test_onnx_export_matches_pytorch_for_every_family(name, tmp_path):
+def test_onnx_export_matches_pytorch_for_every_family(name, tmp_path, onednn_for_every_size):
     pytest.importorskip("onnxruntime")
     from vitkit.efficiency.onnx_export import OnnxModel, export_onnx
 

@@ -82,8 +82,9 @@ def test_calibration_makes_the_conv_stem_int8_except_its_first_stage(tmp_path):
     assert dynamic.count("Conv") == stages + 1 and "QLinearConv" not in dynamic  # no ranges: convs float
 
 
-def test_onnx_export_works_under_no_grad(tmp_path):
-    """Inference code paths (the chunked MLP) must not put guards on the symbolic batch size."""
+def test_onnx_export_works_under_no_grad(tmp_path, onednn_for_every_size):
+    """Inference code paths (the chunked MLP, oneDNN linear layers) must not put guards on the symbolic batch
+    size, nor end up in the graph."""
     model = vitkit.create_model("vit_pico_patch4_28").eval()
     with torch.no_grad():
         path = export_onnx(model, tmp_path / "m.onnx")

@@ -101,7 +101,7 @@ def test_compile_falls_back_to_eager_with_a_clear_message(monkeypatch):
     assert type(fast) is type(model)
 
 
-def test_compile_really_compiles():
+def test_compile_really_compiles(onednn_for_every_size):
     model = vitkit.create_model("vit_pico_patch2_8").eval()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

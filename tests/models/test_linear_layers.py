@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import vitkit.layers.linear as linear_module
 from vitkit.layers import Mlp, apply_linear
 
 ACTIVATIONS = [None, nn.Identity(), nn.GELU(), nn.GELU(approximate="tanh"), nn.ReLU(), nn.SiLU(), nn.Sigmoid()]
@@ -18,11 +17,10 @@ def reference(x, layer, act=None, bias=None):
 
 
 @pytest.fixture(params=["every size", "default sizes"])
-def size_thresholds(request, monkeypatch):
+def size_thresholds(request):
     """Tiny layers stay below oneDNN's size thresholds: with them at 0 the oneDNN path runs for every layer."""
     if request.param == "every size":
-        for name in ("ONEDNN_MIN_MACS", "ONEDNN_MIN_MACS_FUSED", "ONEDNN_MIN_IN_FEATURES"):
-            monkeypatch.setattr(linear_module, name, 0)
+        request.getfixturevalue("onednn_for_every_size")
 
 
 @pytest.mark.parametrize("act", ACTIVATIONS, ids=lambda a: type(a).__name__ + getattr(a, "approximate", ""))
@@ -35,12 +33,37 @@ def test_inference_matches_the_module(act, shape, size_thresholds):
         torch.testing.assert_close(apply_linear(x, layer, act), reference(x, layer, act), atol=1e-5, rtol=1e-5)
 
 
-def test_bias_argument_replaces_the_layers_own(size_thresholds):
+def test_bias_argument_gives_a_layer_without_one_a_bias(size_thresholds):
     torch.manual_seed(0)
     layer, bias = nn.Linear(24, 40, bias=False), torch.randn(40)
     x = torch.randn(3, 9, 24)
     with torch.no_grad():
         torch.testing.assert_close(apply_linear(x, layer, bias=bias), x @ layer.weight.T + bias, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="without a bias of its own"):
+        apply_linear(x, nn.Linear(24, 40), bias=bias)
+
+
+def test_a_patched_forward_is_called(size_thresholds):
+    layer = nn.Linear(8, 8)
+    layer.forward = lambda x: torch.zeros(x.shape[0], 8)
+    with torch.no_grad():
+        assert torch.equal(apply_linear(torch.randn(3, 8), layer), torch.zeros(3, 8))
+
+
+def test_flop_count_sees_the_onednn_path(onednn_for_every_size):
+    from vitkit.evaluation.flops import count_flops
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 40))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(12, 40)
+
+        def forward(self, x):
+            return apply_linear(x.flatten(1), self.fc, nn.GELU())
+
+    assert count_flops(Net(), (3, 2, 2), batch_size=5) == count_flops(model, (3, 2, 2), batch_size=5) == 2 * 5 * 12 * 40
 
 
 def test_gradients_are_those_of_the_plain_layer():

@@ -1,8 +1,11 @@
 """Parameter and FLOP counts.
 
 torch's flop counter has no formula for the CPU fused-attention kernel, so it would count attention
-as free; we register one (QK^T and AV: 2 matmuls of B*H*N*N*d multiply-adds each).
+as free; we register one (QK^T and AV: 2 matmuls of B*H*N*N*d multiply-adds each), and one for oneDNN's
+linear layer, which `vitkit.layers.apply_linear` calls in CPU inference.
 """
+
+import math
 
 import torch
 from torch import nn
@@ -17,7 +20,13 @@ def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kw
     return 2 * b * h * n_q * n_k * d + 2 * b * h * n_q * n_k * d_v
 
 
+def _linear_flops(x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * math.prod(x_shape) * weight_shape[0]
+
+
 _CUSTOM_FLOPS = {_aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
+if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+    _CUSTOM_FLOPS[torch.ops.mkldnn._linear_pointwise] = _linear_flops
 
 
 def count_flops(model: nn.Module, input_size: tuple[int, ...], batch_size: int = 1) -> int:

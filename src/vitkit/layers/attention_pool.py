@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear import apply_linear
 from .mlp import Mlp
 
 
@@ -53,11 +54,12 @@ class AttentionPoolLatent(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens (B, N, D) to (B, D) (`pool_type` 'token' or 'avg') or (B, latent_len, D) ('')."""
         B, N, C = x.shape
-        q = self.q(self.latent.expand(B, -1, -1))
+        q = apply_linear(self.latent.expand(B, -1, -1), self.q)
         q = q.reshape(B, self.latent_len, self.num_heads, self.head_dim).transpose(1, 2)
-        k, v = self.kv(x).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        kv = apply_linear(x, self.kv).reshape(B, N, 2, self.num_heads, self.head_dim)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
         x = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v)
-        x = self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, self.latent_len, C)))
+        x = self.proj_drop(apply_linear(x.transpose(1, 2).reshape(B, self.latent_len, C), self.proj))
         x = x + self.mlp(self.norm(x))
         if self.pool == "token":
             return x[:, 0]

@@ -1,17 +1,17 @@
 """Linear layers for CPU inference through oneDNN, with the activation after them fused in.
 
 PyTorch's `nn.Linear` on CPU calls MKL's GEMM and then runs the activation as a second pass over the
-output. In eager fp32 inference, `apply_linear` instead calls oneDNN's matmul primitive (the one PyTorch's own
-compiler emits for CPU) with GELU, ReLU or SiLU as a post-op: the wide MLP activation is written once.
+output. In eager fp32 inference, `apply_linear` instead calls oneDNN's matmul primitive (PyTorch's
+`mkldnn._linear_pointwise`) with GELU, ReLU or SiLU as a post-op: the wide MLP activation is written once.
 On a 2-core AVX512 machine that is 10-30% faster per MLP than MKL + GELU across ViT-Ti..B shapes and
-batches 1..32, and oneDNN's plain matmul is 5-20% faster than MKL's for the larger layers (qkv, proj);
+batches 1..32, and oneDNN's plain matmul is up to 28% faster than MKL's for the larger layers (qkv, proj);
 small layers stay with MKL, whose per-call overhead is lower (thresholds below; BENCHMARKS.md). Results
 agree to float rounding (~1e-6 relative).
 
-Everything else (training, autocast, bf16/int8 weights, tracing, torch.compile, torch.export, ONNX export,
-other devices) takes the plain `F.linear` path, so graphs and exported models are unchanged. A layer that
-is not an `nn.Linear` (e.g. one int8 quantization swapped in), or one with hooks (observers, attribution
-tools, pruning), is called as a module, so its hooks run.
+Everything else (autograd on, autocast, bf16/int8 or wrapped weights, tracing, torch.compile, torch.export,
+ONNX export, other devices) takes the plain `F.linear` path, so graphs and exported models are unchanged. A
+layer that is not an `nn.Linear` (e.g. one int8 quantization swapped in), or one with hooks (observers,
+attribution tools, pruning), is called as a module, so its hooks run.
 """
 
 import torch
@@ -32,14 +32,17 @@ except (AttributeError, RuntimeError):  # a build without oneDNN
 
 
 def eager_cpu_inference(x: torch.Tensor) -> bool:
-    """True in plain eager CPU inference: no autograd, tracing, export or compiler that needs the plain graph."""
+    """True in plain eager CPU inference: no autograd, tracing, export or compiler that needs the plain graph.
+    Only a plain tensor qualifies (not an FX proxy, a fake tensor or another subclass), so the attribute
+    queries below never run on a traced value."""
     return (
-        x.device.type == "cpu"
-        and not torch.is_grad_enabled()
+        not torch.is_grad_enabled()
+        and type(x) is torch.Tensor
         and not torch.jit.is_tracing()
         and not torch.jit.is_scripting()
         and not torch.compiler.is_compiling()
         and not torch.onnx.is_in_onnx_export()
+        and x.device.type == "cpu"
     )
 
 
@@ -59,16 +62,16 @@ def _post_op(act: nn.Module | None) -> tuple[str, str] | None:
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor, fused: bool) -> bool:
     if not (
         _onednn_linear is not None
+        and eager_cpu_inference(x)
+        and type(weight) in (torch.Tensor, nn.Parameter)  # not a quantized or otherwise wrapped weight
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
-        and x.is_contiguous()  # a strided input costs oneDNN a reorder that MKL's GEMM does not pay
+        and not torch.is_autocast_enabled("cpu")
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
-        and not torch.is_autocast_enabled("cpu")
-        and eager_cpu_inference(x)
+        and x.is_contiguous()  # a strided input costs oneDNN a reorder that MKL's GEMM does not pay
     ):
         return False
-    # sizes last: under torch.export they would put guards on the symbolic batch size
     out_features, in_features = weight.shape
     macs = x.numel() * out_features
     if fused:
@@ -77,18 +80,22 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor, fused: bool) -> bool:
 
 
 def _hooked(layer: nn.Module) -> bool:
+    """Hooks on the layer or on every module, or a `forward` patched onto the instance (accelerate, LoRA
+    injectors): then the layer is called as a module."""
     own = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
     every_module = ("_global_forward_hooks", "_global_forward_pre_hooks")
-    return any(getattr(layer, name, None) for name in own) or any(
+    return "forward" in vars(layer) or any(getattr(layer, name, None) for name in own) or any(
         getattr(nn.modules.module, name, None) for name in every_module)
 
 
 def apply_linear(x: torch.Tensor, layer: nn.Module, act: nn.Module | None = None,
-           bias: torch.Tensor | None = None) -> torch.Tensor:
+                 bias: torch.Tensor | None = None) -> torch.Tensor:
     """`act(layer(x))` (`act` optional), through oneDNN with the activation fused where that applies.
 
-    `bias` is for a layer without one of its own (BEiT's q/v bias with the zero k bias between them): it is
-    added inside the matmul where the layer is a plain `nn.Linear`, after the layer otherwise."""
+    `bias` is for a layer without one of its own (BEiT's q/v bias with the zero k bias between them): inside
+    the matmul where the layer is a plain `nn.Linear`, added after it otherwise."""
+    if bias is not None and getattr(layer, "bias", None) is not None:
+        raise ValueError("apply_linear: bias= is for a layer without a bias of its own; this one has one")
     if type(layer) is nn.Linear and not _hooked(layer):
         bias = layer.bias if bias is None else bias
         post_op = _post_op(act)

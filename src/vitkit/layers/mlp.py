@@ -58,9 +58,9 @@ class GluMlp(nn.Module):
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = self.fc1(x).chunk(2, dim=-1)
+        x1, x2 = apply_linear(x, self.fc1).chunk(2, dim=-1)
         x = x1 * self.act(x2) if self.gate_last else self.act(x1) * x2
-        return self.drop2(self.fc2(self.drop1(x)))
+        return self.drop2(apply_linear(self.drop1(x), self.fc2))
 
 
 class SwiGLUPacked(GluMlp):

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ...layers import DropPath
+from ...layers import DropPath, apply_linear
 from ...layers.pooling import GlobalPool2d
 from .._features import ConvStagesMixin, adapt_stem_channels, forward_blocks
 from .._protocol import FeatureInfo, InputSpec, with_pretrained_cfg
@@ -137,7 +137,7 @@ class MlpHead(nn.Module):
         self.fc2 = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.head_drop(self.norm(self.act(self.fc1(x)))))
+        return apply_linear(self.head_drop(self.norm(apply_linear(x, self.fc1, self.act))), self.fc2)
 
 
 class MetaFormerHead(nn.Module):
