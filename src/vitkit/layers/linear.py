@@ -94,7 +94,7 @@ def apply_linear(x: torch.Tensor, layer: nn.Module, act: nn.Module | None = None
 
     `bias` is for a layer without one of its own (BEiT's q/v bias with the zero k bias between them): inside
     the matmul where the layer is a plain `nn.Linear`, added after it otherwise."""
-    if bias is not None and getattr(layer, "bias", None) is not None:
+    if bias is not None and isinstance(getattr(layer, "bias", None), torch.Tensor):  # int8 layers: bias()
         raise ValueError("apply_linear: bias= is for a layer without a bias of its own; this one has one")
     if type(layer) is nn.Linear and not _hooked(layer):
         bias = layer.bias if bias is None else bias
