@@ -15,31 +15,22 @@ Results with machine and date: BENCHMARKS.md.
 import argparse
 import itertools
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 import vitkit
 import vitkit.layers.linear as linear_module
-from vitkit.bench.timing import machine_line
+from vitkit.bench.timing import machine_line, time_interleaved
 
 ROWS = (16, 64, 197, 784, 3136)
 SHAPES = ((64, 256), (256, 64), (128, 128), (128, 512), (192, 576), (192, 768), (256, 1024), (384, 384),
           (384, 1536), (768, 768))
 
 
-def interleaved(fns: dict, rounds: int, warmup: int = 3) -> dict[str, float]:
-    """Median seconds per call of each function, called in turn (order reversed every other round)."""
-    times = {name: [] for name in fns}
-    items = list(fns.items())
-    for r in range(rounds + warmup):
-        for name, fn in items if r % 2 else items[::-1]:
-            start = time.perf_counter()
-            fn()
-            if r >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+def medians(fns: dict, rounds: int) -> dict[str, float]:
+    """Median seconds per call of each function, interleaved ABBA after warm-up (the bench's timing)."""
+    return {name: statistics.median(t) for name, t in time_interleaved(fns, repeats=rounds, warmup=3).items()}
 
 
 def sweep() -> None:
@@ -52,7 +43,7 @@ def sweep() -> None:
         fns = {"mkl": lambda x=x, w=w, b=b, act=act: act(F.linear(x, w, b)),
                "onednn": lambda x=x, w=w, b=b, post_op=post_op: op(x, w, b, post_op[0], [], post_op[1])}
         with torch.no_grad():
-            t = interleaved(fns, rounds=25)
+            t = medians(fns, rounds=25)
         print(f"| {rows} | {k} -> {n} | {rows * k * n / 1e6:.2f}M | {'yes' if gelu else 'no'} | "
               f"{t['mkl'] / t['onednn']:.2f} |", flush=True)
 
@@ -83,7 +74,7 @@ def models(specs: str, rounds: int) -> None:
             fns = {"shipped": way(model, x, True, plain_min), "fused_only": way(model, x, True, 1 << 62),
                    "mkl": way(model, x, False, plain_min), "hf": lambda peer=peer, x=x: peer(x)}
             with torch.inference_mode():
-                t = interleaved(fns, rounds)
+                t = medians(fns, rounds)
             ratio = {k: t["hf"] / v for k, v in t.items()}
             print(f"| {name} | {batch} | {rounds} | {ratio['shipped']:.3f} | {ratio['fused_only']:.3f} | "
                   f"{ratio['mkl']:.3f} | 1.000 |", flush=True)

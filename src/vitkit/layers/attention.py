@@ -68,6 +68,10 @@ class Attention(nn.Module):
             )
             if self.on_attention is not None:
                 self.on_attention(self.attention_probs(q, k, attn_bias))
+        return self.project_out(x)
+
+    def project_out(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-head outputs (B, heads, N, head_dim) -> heads concatenated and projected, (B, N, D)."""
         x = x.transpose(1, 2).reshape(x.shape[0], -1, self.num_heads * self.head_dim)
         return self.proj_drop(apply_linear(x, self.proj))
 

@@ -147,9 +147,7 @@ class BeitAttention(InferenceCacheHolder, Attention):
         export writes the explicit softmax(q k^T * scale + bias) @ v, equal within float tolerance."""
         if attn_bias is None or self.attention_grad or not torch.onnx.is_in_onnx_export():
             return super().attend(q, k, v, attn_bias)
-        x = self.attention_weights(q, k, attn_bias.to(q.dtype)) @ v
-        x = x.transpose(1, 2).reshape(x.shape[0], -1, self.num_heads * self.head_dim)
-        return self.proj_drop(apply_linear(x, self.proj))
+        return self.project_out(self.attention_weights(q, k, attn_bias.to(q.dtype)) @ v)
 
     def qkv_bias(self) -> torch.Tensor:
         """q bias, zeros for k, v bias: one bias for the fused qkv projection."""
