@@ -22,8 +22,8 @@ import vitkit
 from vitkit.bench.timing import machine_line
 from vitkit.cli import _parse_set
 from vitkit.data import build_dataset
-from vitkit.data.augment import normalize, to_unit_float
 from vitkit.evaluation.knn import knn_top1
+from vitkit.probe.features import pixel_features
 from vitkit.training import TrainConfig, load_recipe, train
 from vitkit.training.objectives.features import pooled_features
 
@@ -65,8 +65,7 @@ def main() -> int:
     classes = info.num_classes
 
     def pixels(dataset):
-        x = normalize(to_unit_float(dataset.images), info.mean, info.std).flatten(1)
-        return x, dataset.targets
+        return pixel_features(dataset, info.mean, info.std)["pooled"], dataset.targets
 
     def network(model):
         from vitkit.data.transforms import eval_transform

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 import vitkit
 from vitkit.bench.timing import machine_line
 from vitkit.data import build_dataset
-from vitkit.data.augment import normalize, to_unit_float
 from vitkit.data.transforms import eval_transform
 from vitkit.evaluation.knn import knn_top1
+from vitkit.probe.features import pixel_features
 
 
 def main() -> int:
@@ -55,7 +55,7 @@ def main() -> int:
             model.load_state_dict(state)
         return model.eval()
 
-    pixels = lambda d: normalize(to_unit_float(d.images), info.mean, info.std).flatten(1)  # noqa: E731
+    pixels = lambda d: pixel_features(d, info.mean, info.std)["pooled"]  # noqa: E731
     print(f"raw pixels: {knn(pixels(bank), pixels(queries))}")
     print("| readout | DINO (best/) | random init |\n|---|---|---|")
     dino, random = vitkit.load(str(run / "best")).eval(), build()
