@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from run_checks import assert_resume_and_ddp_match_one_run
+import torch.nn.functional as F
+from run_checks import assert_resume_and_ddp_match_one_run, assert_two_processes_match_one
 
 import vitkit
 from vitkit.data import build_dataset
 from vitkit.data.transforms import AugmentConfig
 from vitkit.training import TrainConfig, train
-from vitkit.training.objectives.dino import DINO, DINOConfig, cosine_momentum, dino_config
+from vitkit.training.objectives.dino import DINO, DINOConfig, cosine_momentum, dino_config, koleo_loss, sinkhorn_knopp
 
 VIT = {"embed_dim": 32, "depth": 2, "num_heads": 2, "dynamic_img_size": True}
 HEAD = {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "local_crops": 2, "knn_bank": 64}
@@ -28,6 +29,10 @@ def test_bad_dino_options_are_named():
         DINOConfig(local_size=1.5)
     with pytest.raises(ValueError, match=r"unknown dino option\(s\) \['out_dims'\]"):
         dino_config({"out_dims": 10})
+    with pytest.raises(ValueError, match=r"dino centering must be one of \['centering', 'sinkhorn_knopp'\], got 'sk'"):
+        DINOConfig(centering="sk")
+    with pytest.raises(ValueError, match="dino koleo_weight must be >= 0, got -0.1"):
+        DINOConfig(koleo_weight=-0.1)
     with pytest.raises(ValueError, match="batch_size 8 is too small for that; expected at least 16"):
         DINO(DINOConfig(), bank_set=None, num_classes=10, batch_size=8)
     objective = DINO(DINOConfig(local_crops=2), bank_set=None, num_classes=10, batch_size=32)
@@ -51,6 +56,36 @@ def test_momentum_schedule_and_views():
     assert globals_.shape == (5, 2, 3, 32, 32) and locals_.shape == (5, 3, 3, 12, 12)
     again = objective.views(images, torch.zeros(5), torch.Generator().manual_seed(0))
     assert torch.equal(again[0], globals_) and torch.equal(again[1], locals_)
+
+
+def test_sinkhorn_knopp_targets_are_distributions_balanced_over_prototypes():
+    gen = torch.Generator().manual_seed(0)
+    # cosine logits, most samples close to one prototype: a softmax piles the batch onto it
+    prototypes = F.normalize(torch.randn(32, 16, generator=gen), dim=-1)
+    samples = F.normalize(prototypes[0] + 0.3 * torch.randn(256, 16, generator=gen), dim=-1)
+    logits = samples @ prototypes.T
+    softmax_share = F.softmax(logits / 0.05, dim=-1).mean(0)
+    q = sinkhorn_knopp(logits, 0.05, iterations=50)
+    assert torch.allclose(q.sum(1), torch.ones(256), atol=1e-5)  # each sample: a distribution
+    assert softmax_share.max() > 0.1  # unbalanced before ...
+    assert torch.allclose(q.mean(0), torch.full((32,), 1 / 32), rtol=1e-3)  # ... each prototype 1/K after
+    assert (q.argmax(1) == logits.argmax(1)).float().mean() > 0.1  # still follows the logits
+    # sharp temperatures and large logits stay finite (no overflow in exp)
+    assert torch.isfinite(sinkhorn_knopp(logits * 50, 0.02)).all()
+
+
+def test_koleo_spreads_features():
+    gen = torch.Generator().manual_seed(0)
+    spread = torch.randn(64, 8, generator=gen)
+    clustered = (spread[:1] + 0.01 * spread).requires_grad_(True)
+    assert koleo_loss(clustered) > koleo_loss(spread) + 1
+    koleo_loss(clustered).backward()
+    stepped = clustered - 0.1 * clustered.grad
+    assert koleo_loss(stepped) < koleo_loss(clustered)  # its gradient pushes neighbours apart
+    # under bf16 autocast (the recipes' amp) the nearest neighbours are still found in fp32
+    near_ties = torch.randn(1, 64, generator=gen) + 0.02 * torch.randn(256, 64, generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.allclose(koleo_loss(near_ties), koleo_loss(near_ties.double()).float(), rtol=1e-4)
 
 
 @pytest.mark.parametrize("model, kwargs", [
@@ -108,4 +143,17 @@ def _pretrain_cmd(out: Path, *extra: str) -> list[str]:
 
 def test_dino_resumes_exactly_and_two_processes_match_one(tmp_path):
     assert_resume_and_ddp_match_one_run(_pretrain_cmd, tmp_path)
+
+
+def test_sinkhorn_knopp_and_koleo_train_and_balance_over_all_processes(tmp_path):
+    # Sinkhorn-Knopp balances the prototypes over the global batch (all processes): 2 DDP processes equal 1
+    sk = "objective_args={out_dim: 64, hidden_dim: 32, bottleneck_dim: 16, local_crops: 2, knn_bank: 64, " \
+         "centering: sinkhorn_knopp}"
+    assert_two_processes_match_one(_pretrain_cmd, tmp_path, "--set", sk)
+    summary = train(TrainConfig.from_dict({**FAST, "epochs": 1, "output": str(tmp_path / "koleo"),
+                                           "objective_args": {**HEAD, "centering": "sinkhorn_knopp",
+                                                              "koleo_weight": 0.1}}))
+    row = json.loads((tmp_path / "koleo" / "metrics.jsonl").read_text().splitlines()[0])
+    assert math.isfinite(row["train_koleo"]) and math.isfinite(row["train_loss"])
+    assert summary["selection_metric"] == "knn_top1"
 

@@ -1,7 +1,10 @@
 """DINO (Caron et al., 2021): self-distillation without labels. A student sees 2 global and N local crops of
 each image and learns to match, crop for crop, the teacher's output on the other global crops; the teacher
 is an exponential moving average of the student. Centering (a running mean of the teacher's outputs
-subtracted before its sharp softmax) and the teacher's low temperature keep the pair from collapsing.
+subtracted before its sharp softmax) and the teacher's low temperature keep the pair from collapsing; or,
+as DINOv2 (`centering: sinkhorn_knopp`), the teacher's targets are balanced over the prototypes within each
+global batch by a few Sinkhorn-Knopp iterations. DINOv2's KoLeo term (`koleo_weight`) optionally spreads
+the student's pooled features.
 
 Any family with a pooled feature (`forward_head(..., pre_logits=True)`) works: ViT (local crops need
 `dynamic_img_size: true`, since they are smaller) and ConvNeXt. `best/` and `final/` hold the teacher's
@@ -19,9 +22,10 @@ from ...data.augment import apply_op, normalize, random_hflip, random_resized_cr
 from .base import Objective, objective_options
 from .features import FeatureMonitor, collapse_reason
 
-MIN_BATCH = 16  # the center is a mean over the global batch's teacher outputs: fewer images make it noise
+MIN_BATCH = 16  # the center (or Sinkhorn-Knopp's balance) is taken over each batch: fewer images make it noise
 UNIFORM_FRACTION = 0.98  # teacher entropy above this share of log(out_dim): a uniform teacher
 ONE_HOT_ENTROPY = 0.05  # nats: every image on one prototype
+CENTERINGS = ("centering", "sinkhorn_knopp")
 
 
 @dataclass
@@ -40,6 +44,9 @@ class DINOConfig:
     warmup_teacher_temp: float = 0.04
     warmup_teacher_temp_frac: float = 0.3  # of the training steps
     center_momentum: float = 0.9
+    centering: str = "centering"  # or "sinkhorn_knopp" (DINOv2): the teacher's targets balanced over prototypes
+    sinkhorn_iterations: int = 3
+    koleo_weight: float = 0.0  # DINOv2's KoLeo term on the student's pooled features (0.1 there): spreads them
     momentum_teacher: float = 0.996  # -> 1 on a cosine schedule
     freeze_last_layer_epochs: float = 1.0
     knn_bank: int = 5000
@@ -48,7 +55,9 @@ class DINOConfig:
 
     def __post_init__(self):
         self.global_scale, self.local_scale = tuple(self.global_scale), tuple(self.local_scale)
-        for name in ("out_dim", "hidden_dim", "bottleneck_dim", "knn_bank", "knn_k"):
+        if self.centering not in CENTERINGS:
+            raise ValueError(f"dino centering must be one of {list(CENTERINGS)}, got {self.centering!r}")
+        for name in ("out_dim", "hidden_dim", "bottleneck_dim", "knn_bank", "knn_k", "sinkhorn_iterations"):
             if getattr(self, name) < 1:
                 raise ValueError(f"dino {name} must be >= 1, got {getattr(self, name)}")
         if self.local_crops < 0:
@@ -61,6 +70,8 @@ class DINOConfig:
         if not 0 < self.local_size <= 1:
             raise ValueError(f"dino local_size is a fraction of the global crop's side: local crops larger than "
                              f"global ones make no sense; expected a value in (0, 1], got {self.local_size}")
+        if self.koleo_weight < 0:
+            raise ValueError(f"dino koleo_weight must be >= 0, got {self.koleo_weight}")
         for name in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"dino {name} must be > 0, got {getattr(self, name)}")
@@ -105,21 +116,64 @@ class DINOModule(nn.Module):
         self.register_buffer("center", torch.zeros(1, head.prototypes.shape[0]))
 
     @staticmethod
-    def _embed(backbone: nn.Module, head: nn.Module, crops: torch.Tensor) -> torch.Tensor:
-        """(B, V, C, H, W) crops of one size -> (V, B, out_dim)."""
+    def _embed(backbone: nn.Module, head: nn.Module, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, V, C, H, W) crops of one size -> ((V, B, out_dim) head outputs, (V, B, D) pooled features)."""
         b, v = crops.shape[:2]
         features = backbone.forward_head(backbone.forward_features(crops.flatten(0, 1)), pre_logits=True)
-        return head(features).unflatten(0, (b, v)).transpose(0, 1)
+        return (head(features).unflatten(0, (b, v)).transpose(0, 1),
+                features.unflatten(0, (b, v)).transpose(0, 1))
 
-    def forward(self, global_crops: torch.Tensor, local_crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(student outputs (2 + N, B, K), teacher outputs (2, B, K))."""
-        student = self._embed(self.student, self.student_head, global_crops)
+    def forward(self, global_crops: torch.Tensor, local_crops: torch.Tensor):
+        """(student outputs (2 + N, B, K), teacher outputs (2, B, K), the student's pooled features of the
+        global crops (2, B, D))."""
+        student, features = self._embed(self.student, self.student_head, global_crops)
         if local_crops.shape[1]:
-            student = torch.cat([student, self._embed(self.student, self.student_head, local_crops)])
+            student = torch.cat([student, self._embed(self.student, self.student_head, local_crops)[0]])
         with torch.no_grad():
             self.teacher.eval()  # stochastic depth and dropout off in the teacher, as DINO's
-            teacher = self._embed(self.teacher, self.teacher_head, global_crops)
-        return student, teacher
+            teacher = self._embed(self.teacher, self.teacher_head, global_crops)[0]
+        return student, teacher, features
+
+
+def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Kozachenko-Leonenko entropy estimate (DINOv2): minus the mean log distance from each L2-normalised
+    feature (N, D) to its nearest neighbour in the batch; lower when the features spread out."""
+    x = F.normalize(features.float(), dim=-1, eps=eps)
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):  # fp32: bf16 cosines blur neighbours
+        dots = x @ x.T
+        dots.fill_diagonal_(-2)  # not its own neighbour
+        nearest = dots.argmax(dim=1)
+    return -torch.log((x - x[nearest]).norm(dim=-1) + eps).mean()
+
+
+def _all_reduce(x: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """In place over all processes under DDP; unchanged in a single process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        ops = torch.distributed.ReduceOp
+        torch.distributed.all_reduce(x, op=ops.MAX if op == "max" else ops.SUM)
+    return x
+
+
+@torch.no_grad()
+def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3) -> torch.Tensor:
+    """DINOv2's teacher targets: (N, K) logits -> (N, K) rows that sum to 1, alternately rescaled so that
+    every prototype takes an equal share of the batch (all processes under DDP; each micro-batch under
+    gradient accumulation) and every sample one unit. Balanced from the first step, where centering waits
+    for the teacher to leave uniform."""
+    logits = logits.float()
+    high, neg_low = _all_reduce(torch.stack([logits.max(), -logits.min()]), "max")
+    # a constant shift cancels in the first division; shifted to the midpoint and clamped, exp() stays in
+    # float32's normal range even summed over a large batch (cosine logits at DINO's temperatures need no clamp)
+    q = torch.exp(((logits - (high - neg_low) / 2) / temperature).clamp(-60, 60)).T  # (K, N)
+    prototypes, samples = q.shape[0], _all_reduce(q.new_tensor(float(q.shape[1])))
+    tiny = torch.finfo(q.dtype).tiny  # logits far apart can underflow a whole row: divide it by tiny, not 0
+    q /= _all_reduce(q.sum())
+    for _ in range(iterations):
+        q /= _all_reduce(q.sum(dim=1, keepdim=True)).clamp_min(tiny)
+        q /= prototypes
+        q /= q.sum(dim=0, keepdim=True).clamp_min(tiny)
+        q /= samples
+    return (q * samples).T
 
 
 def cosine_momentum(base: float, step: int, total_steps: int) -> float:
@@ -192,10 +246,14 @@ class DINO(Objective):
         return start + (end - start) * self.step / warmup
 
     def loss(self, module, views):
-        student, teacher = module(*views)
+        student, teacher, features = module(*views)
         core = module.module if hasattr(module, "module") else module  # DDP wraps it
         student_log = F.log_softmax(student.float() / self.cfg.student_temp, dim=-1)
-        teacher_p = F.softmax((teacher.float() - core.center) / self.teacher_temp(), dim=-1)
+        if self.cfg.centering == "sinkhorn_knopp":
+            teacher_p = sinkhorn_knopp(teacher.float().flatten(0, 1), self.teacher_temp(),
+                                       self.cfg.sinkhorn_iterations).view_as(teacher)
+        else:
+            teacher_p = F.softmax((teacher.float() - core.center) / self.teacher_temp(), dim=-1)
         total, pairs = 0.0, 0
         for t in range(teacher_p.shape[0]):
             for s in range(student_log.shape[0]):
@@ -204,14 +262,19 @@ class DINO(Objective):
                 total = total + torch.sum(-teacher_p[t] * student_log[s], dim=-1).mean()
                 pairs += 1
         loss = total / pairs
+        koleo = sum(koleo_loss(crop) for crop in features) if self.cfg.koleo_weight else None
         with torch.no_grad():  # collapse diagnostics: teacher entropy and KL(teacher || student)
             entropy = -(teacher_p * teacher_p.clamp_min(1e-12).log()).sum(-1).mean()
             kl = loss - entropy  # cross-entropy minus the teacher's entropy
             batch_sum = teacher.float().sum(dim=(0, 1))
             self._teacher_sum = batch_sum if self._teacher_sum is None else self._teacher_sum + batch_sum
             self._teacher_count += teacher.shape[0] * teacher.shape[1]
-        self.last_terms = {"teacher_entropy": entropy.item(), "kl": kl.item()}
-        return {"loss": loss, "teacher_entropy": entropy.detach(), "kl": kl.detach()}
+        terms = {"teacher_entropy": entropy.detach(), "kl": kl.detach()}
+        if koleo is not None:  # DINOv2: per global crop, within each process's batch under DDP
+            terms["koleo"] = koleo.detach()
+            loss = loss + self.cfg.koleo_weight * koleo
+        self.last_terms = {name: value.item() for name, value in terms.items()}
+        return {"loss": loss, **terms}
 
     def before_update(self, module: nn.Module) -> None:
         if self.step < self.cfg.freeze_last_layer_epochs * self.steps_per_epoch:
@@ -227,9 +290,7 @@ class DINO(Objective):
                 else:
                     t.copy_(s)
         # center: momentum mean of the teacher's outputs over the whole global batch (all processes)
-        total = torch.cat([self._teacher_sum, self._teacher_sum.new_tensor([self._teacher_count])])
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(total)
+        total = _all_reduce(torch.cat([self._teacher_sum, self._teacher_sum.new_tensor([self._teacher_count])]))
         batch_center = (total[:-1] / total[-1]).unsqueeze(0)
         module.center.mul_(self.cfg.center_momentum).add_(batch_center, alpha=1 - self.cfg.center_momentum)
         self._teacher_sum, self._teacher_count = None, 0
