@@ -155,5 +155,7 @@ def test_sinkhorn_knopp_and_koleo_train_and_balance_over_all_processes(tmp_path)
                                                               "koleo_weight": 0.1}}))
     row = json.loads((tmp_path / "koleo" / "metrics.jsonl").read_text().splitlines()[0])
     assert math.isfinite(row["train_koleo"]) and math.isfinite(row["train_loss"])
+    state = torch.load(sorted((tmp_path / "koleo" / "checkpoints").glob("*.pt"))[-1], weights_only=True)["model"]
+    assert not state["center"].any()  # Sinkhorn-Knopp keeps no center
     assert summary["selection_metric"] == "knn_top1"
 

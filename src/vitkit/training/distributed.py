@@ -44,6 +44,14 @@ def all_reduce_mean(value: float, info: DistInfo) -> float:
     return t.item() / info.world_size
 
 
+def all_reduce_(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """`tensor` summed (or maxed, op="max") over all processes, in place, when a process group is running
+    (for objectives, which hold no DistInfo); unchanged in a single process."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return tensor
+
+
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

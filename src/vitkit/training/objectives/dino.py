@@ -3,7 +3,7 @@ each image and learns to match, crop for crop, the teacher's output on the other
 is an exponential moving average of the student. Centering (a running mean of the teacher's outputs
 subtracted before its sharp softmax) and the teacher's low temperature keep the pair from collapsing; or,
 as DINOv2 (`centering: sinkhorn_knopp`), the teacher's targets are balanced over the prototypes within each
-global batch by a few Sinkhorn-Knopp iterations. DINOv2's KoLeo term (`koleo_weight`) optionally spreads
+batch by a few Sinkhorn-Knopp iterations (no center then). DINOv2's KoLeo term (`koleo_weight`) optionally spreads
 the student's pooled features.
 
 Any family with a pooled feature (`forward_head(..., pre_logits=True)`) works: ViT (local crops need
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...data.augment import apply_op, normalize, random_hflip, random_resized_crop, to_unit_float
+from ..distributed import all_reduce_
 from .base import Objective, objective_options
 from .features import FeatureMonitor, collapse_reason
 
@@ -146,14 +147,6 @@ def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return -torch.log((x - x[nearest]).norm(dim=-1) + eps).mean()
 
 
-def _all_reduce(x: torch.Tensor, op: str = "sum") -> torch.Tensor:
-    """In place over all processes under DDP; unchanged in a single process."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        ops = torch.distributed.ReduceOp
-        torch.distributed.all_reduce(x, op=ops.MAX if op == "max" else ops.SUM)
-    return x
-
-
 @torch.no_grad()
 def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3) -> torch.Tensor:
     """DINOv2's teacher targets: (N, K) logits -> (N, K) rows that sum to 1, alternately rescaled so that
@@ -161,15 +154,15 @@ def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3
     gradient accumulation) and every sample one unit. Balanced from the first step, where centering waits
     for the teacher to leave uniform."""
     logits = logits.float()
-    high, neg_low = _all_reduce(torch.stack([logits.max(), -logits.min()]), "max")
+    high, neg_low = all_reduce_(torch.stack([logits.max(), -logits.min()]), "max")
     # a constant shift cancels in the first division; shifted to the midpoint and clamped, exp() stays in
     # float32's normal range even summed over a large batch (cosine logits at DINO's temperatures need no clamp)
     q = torch.exp(((logits - (high - neg_low) / 2) / temperature).clamp(-60, 60)).T  # (K, N)
-    prototypes, samples = q.shape[0], _all_reduce(q.new_tensor(float(q.shape[1])))
+    prototypes, samples = q.shape[0], all_reduce_(q.new_tensor(float(q.shape[1])))
     tiny = torch.finfo(q.dtype).tiny  # logits far apart can underflow a whole row: divide it by tiny, not 0
-    q /= _all_reduce(q.sum())
+    q /= all_reduce_(q.sum())
     for _ in range(iterations):
-        q /= _all_reduce(q.sum(dim=1, keepdim=True)).clamp_min(tiny)
+        q /= all_reduce_(q.sum(dim=1, keepdim=True)).clamp_min(tiny)
         q /= prototypes
         q /= q.sum(dim=0, keepdim=True).clamp_min(tiny)
         q /= samples
@@ -250,7 +243,7 @@ class DINO(Objective):
         core = module.module if hasattr(module, "module") else module  # DDP wraps it
         student_log = F.log_softmax(student.float() / self.cfg.student_temp, dim=-1)
         if self.cfg.centering == "sinkhorn_knopp":
-            teacher_p = sinkhorn_knopp(teacher.float().flatten(0, 1), self.teacher_temp(),
+            teacher_p = sinkhorn_knopp(teacher.flatten(0, 1), self.teacher_temp(),
                                        self.cfg.sinkhorn_iterations).view_as(teacher)
         else:
             teacher_p = F.softmax((teacher.float() - core.center) / self.teacher_temp(), dim=-1)
@@ -266,9 +259,10 @@ class DINO(Objective):
         with torch.no_grad():  # collapse diagnostics: teacher entropy and KL(teacher || student)
             entropy = -(teacher_p * teacher_p.clamp_min(1e-12).log()).sum(-1).mean()
             kl = loss - entropy  # cross-entropy minus the teacher's entropy
-            batch_sum = teacher.float().sum(dim=(0, 1))
-            self._teacher_sum = batch_sum if self._teacher_sum is None else self._teacher_sum + batch_sum
-            self._teacher_count += teacher.shape[0] * teacher.shape[1]
+            if self.cfg.centering == "centering":
+                batch_sum = teacher.float().sum(dim=(0, 1))
+                self._teacher_sum = batch_sum if self._teacher_sum is None else self._teacher_sum + batch_sum
+                self._teacher_count += teacher.shape[0] * teacher.shape[1]
         terms = {"teacher_entropy": entropy.detach(), "kl": kl.detach()}
         if koleo is not None:  # DINOv2: per global crop, within each process's batch under DDP
             terms["koleo"] = koleo.detach()
@@ -289,8 +283,10 @@ class DINO(Objective):
                     t.lerp_(s.detach(), 1 - m)
                 else:
                     t.copy_(s)
+        if self.cfg.centering != "centering":  # Sinkhorn-Knopp: no center to follow
+            return
         # center: momentum mean of the teacher's outputs over the whole global batch (all processes)
-        total = _all_reduce(torch.cat([self._teacher_sum, self._teacher_sum.new_tensor([self._teacher_count])]))
+        total = all_reduce_(torch.cat([self._teacher_sum, self._teacher_sum.new_tensor([self._teacher_count])]))
         batch_center = (total[:-1] / total[-1]).unsqueeze(0)
         module.center.mul_(self.cfg.center_momentum).add_(batch_center, alpha=1 - self.cfg.center_momentum)
         self._teacher_sum, self._teacher_count = None, 0
